@@ -1,0 +1,83 @@
+/// A failure of a VMM effect, reported back to the handler that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// The VMM cannot provide this effect on this host or in this configuration.
+    #[error("not supported by this VMM: {0}")]
+    Unsupported(&'static str),
+    /// No vCPU has that index.
+    #[error("no vCPU {0}")]
+    NoSuchVcpu(u32),
+    /// The effect was attempted and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One probe a guest fired through a hypercall (bhyve's DTRACE_PROBE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeEvent<'a> {
+    /// The id PROBE_CREATE returned.
+    pub probe_id: u64,
+    /// The probe's name as the guest registered it.
+    pub name: &'a str,
+    /// The five arguments the guest passed.
+    pub args: [u64; 5],
+    /// The guest's thread id.
+    pub thread: u64,
+    /// The vCPU that fired the probe.
+    pub vcpu: u32,
+    /// Nanoseconds since the VM started.
+    pub timestamp_ns: u64,
+}
+
+/// Effects the VMM provides to handlers. Implemented by polyvisor-vmm for real VMs and by
+/// recording fakes in tests and fuzzers. Every method may be called from any vCPU thread.
+pub trait Platform: Sync {
+    /// Writes guest bytes to the VM console.
+    fn console_write(&self, vcpu: u32, bytes: &[u8]);
+
+    /// Reads pending host input for the guest; returns how many bytes were placed (0 when none
+    /// is pending or no input is attached).
+    fn console_read(&self, buf: &mut [u8]) -> usize;
+
+    /// Number of vCPUs in the VM.
+    fn vcpu_count(&self) -> u32;
+
+    /// The vCPU whose APIC id is `apic_id`, if any. vCPU n has APIC id n unless the VMM says
+    /// otherwise.
+    fn vcpu_by_apic_id(&self, apic_id: u32) -> Option<u32> {
+        (apic_id < self.vcpu_count()).then_some(apic_id)
+    }
+
+    /// The calling vCPU gives up its time slice, optionally in favour of `target`.
+    fn yield_now(&self, vcpu: u32, target: Option<u32>);
+
+    /// Wakes vCPU `target` if it is halted. Returns whether it was halted.
+    fn wake(&self, target: u32) -> Result<bool, PlatformError>;
+
+    /// Delivers external interrupt `vector` to vCPU `target`, waking it if it is halted.
+    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError>;
+
+    /// Nanoseconds since the VM started; monotonic.
+    fn monotonic_ns(&self) -> u64;
+
+    /// Host wall-clock time: seconds and nanoseconds since the Unix epoch.
+    fn wall_clock(&self) -> (i64, u32);
+
+    /// The guest's time-stamp counter now, as RDTSC in the guest would read it.
+    fn guest_tsc(&self) -> u64;
+
+    /// The guest TSC frequency in kHz, when known and constant.
+    fn tsc_khz(&self) -> Option<u64>;
+
+    /// Records a probe a guest fired.
+    fn probe_fired(&self, event: &ProbeEvent<'_>);
+
+    /// Shows the guest a one-page, read-only, VMM-owned overlay at `gpa` (a hypercall page),
+    /// replacing the RAM underneath; `None` removes it and the RAM is visible again. `slot`
+    /// names the overlay within the personality (one per page kind and vCPU).
+    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError>;
+
+    /// Tells the VMM that guest RAM in `[gpa, gpa + len)` holds hypercall instructions that
+    /// must trap (a hypercall page written into RAM).
+    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError>;
+}

@@ -1,0 +1,166 @@
+//! Fakes for exercising personalities without a VM: a [`RecordingPlatform`] that remembers
+//! every effect a handler asked for, snapshot builders and small guest memories. Used by unit
+//! tests, benchmarks and fuzzers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use vm_memory::GuestAddress;
+
+use crate::platform::{Platform, PlatformError, ProbeEvent};
+use crate::regs::{CpuMode, HypercallInstruction, Registers, VcpuSnapshot};
+use crate::GuestMemoryMmap;
+
+/// An effect a handler asked the platform for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Console output.
+    Console(u32, Vec<u8>),
+    /// A yield, with its optional target.
+    Yield(u32, Option<u32>),
+    /// A wake of the given vCPU.
+    Wake(u32),
+    /// An interrupt to (vCPU, vector).
+    Interrupt(u32, u8),
+    /// A probe: id, name, args, thread, vCPU.
+    Probe(u64, String, [u64; 5], u64, u32),
+    /// An overlay placed (slot, gpa, contents) or removed (slot, None).
+    Overlay(u32, Option<(u64, Vec<u8>)>),
+    /// A code range to protect.
+    ProtectCode(u64, u64),
+}
+
+/// A [`Platform`] that records effects and answers time queries from a settable clock.
+#[derive(Debug)]
+pub struct RecordingPlatform {
+    /// Effects in call order.
+    pub effects: Mutex<Vec<Effect>>,
+    /// vCPUs in the pretend VM.
+    pub vcpus: u32,
+    /// The clock, in nanoseconds since start; tests advance it.
+    pub now_ns: AtomicU64,
+    /// TSC frequency in kHz (None: unknown).
+    pub tsc_khz: Option<u64>,
+    /// Bytes `console_read` hands out.
+    pub input: Mutex<Vec<u8>>,
+}
+
+impl RecordingPlatform {
+    /// A platform with `vcpus` vCPUs, a 1 GHz TSC and the clock at zero.
+    pub fn new(vcpus: u32) -> Self {
+        RecordingPlatform {
+            effects: Mutex::new(Vec::new()),
+            vcpus,
+            now_ns: AtomicU64::new(0),
+            tsc_khz: Some(1_000_000),
+            input: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, effect: Effect) {
+        if let Ok(mut effects) = self.effects.lock() {
+            effects.push(effect);
+        }
+    }
+
+    /// The effects recorded so far.
+    pub fn take(&self) -> Vec<Effect> {
+        self.effects
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    fn check(&self, vcpu: u32) -> Result<(), PlatformError> {
+        if vcpu < self.vcpus {
+            Ok(())
+        } else {
+            Err(PlatformError::NoSuchVcpu(vcpu))
+        }
+    }
+}
+
+impl Platform for RecordingPlatform {
+    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
+        self.record(Effect::Console(vcpu, bytes.to_vec()));
+    }
+    fn console_read(&self, buf: &mut [u8]) -> usize {
+        let Ok(mut input) = self.input.lock() else {
+            return 0;
+        };
+        let n = buf.len().min(input.len());
+        for (dst, src) in buf.iter_mut().zip(input.drain(..n)) {
+            *dst = src;
+        }
+        n
+    }
+    fn vcpu_count(&self) -> u32 {
+        self.vcpus
+    }
+    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
+        self.record(Effect::Yield(vcpu, target));
+    }
+    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
+        self.check(target)?;
+        self.record(Effect::Wake(target));
+        Ok(true)
+    }
+    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
+        self.check(target)?;
+        self.record(Effect::Interrupt(target, vector));
+        Ok(())
+    }
+    fn monotonic_ns(&self) -> u64 {
+        self.now_ns.load(Ordering::Relaxed)
+    }
+    fn wall_clock(&self) -> (i64, u32) {
+        (1_700_000_000, 0)
+    }
+    fn guest_tsc(&self) -> u64 {
+        // A 1 GHz TSC: one tick per nanosecond.
+        self.now_ns.load(Ordering::Relaxed)
+    }
+    fn tsc_khz(&self) -> Option<u64> {
+        self.tsc_khz
+    }
+    fn probe_fired(&self, e: &ProbeEvent<'_>) {
+        self.record(Effect::Probe(
+            e.probe_id,
+            e.name.to_string(),
+            e.args,
+            e.thread,
+            e.vcpu,
+        ));
+    }
+    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
+        self.record(Effect::Overlay(
+            slot,
+            placement.map(|(gpa, bytes)| (gpa, bytes.to_vec())),
+        ));
+        Ok(())
+    }
+    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
+        self.record(Effect::ProtectCode(gpa, len));
+        Ok(())
+    }
+}
+
+/// Guest memory of `size` bytes at GPA 0.
+pub fn memory(size: usize) -> GuestMemoryMmap {
+    match GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]) {
+        Ok(m) => m,
+        // Test-only helper: an anonymous mapping of a test's size does not fail.
+        Err(e) => unreachable!("cannot map {size} bytes of test memory: {e}"),
+    }
+}
+
+/// A 64-bit CPL 0 VMCALL snapshot on vCPU 0 with the given registers.
+pub fn snapshot(regs: Registers) -> VcpuSnapshot {
+    VcpuSnapshot {
+        vcpu: 0,
+        regs,
+        cpl: 0,
+        mode: CpuMode::Long64,
+        instruction: HypercallInstruction::Vmcall,
+    }
+}
