@@ -10,6 +10,7 @@ mod bhyve;
 mod error;
 mod hyperv;
 mod kvm;
+mod locate;
 mod range;
 mod xen;
 
@@ -284,9 +285,42 @@ pub struct LoadedConfig {
     pub config: Config,
     /// The file it was read from, if any.
     pub path: Option<PathBuf>,
+    /// The text it was parsed from, so later checks can point at a value.
+    pub source: String,
 }
 
 impl LoadedConfig {
+    /// Parses TOML text that did not come from a file.
+    pub fn parse_str(text: &str) -> Result<Self, ConfigError> {
+        Ok(LoadedConfig {
+            config: Config::parse(text, "<config>")?,
+            path: None,
+            source: text.to_string(),
+        })
+    }
+
+    /// The built-in default configuration (no file).
+    pub fn builtin() -> Self {
+        LoadedConfig { config: Config::default(), path: None, source: String::new() }
+    }
+
+    fn origin(&self) -> String {
+        self.path.as_deref().map_or_else(|| "<config>".to_string(), |p| p.display().to_string())
+    }
+
+    /// An error located at the value under `keys` (and array element `index`), for checks
+    /// that need more than one value or the host. Falls back to the nearest enclosing key
+    /// that exists, then to the start of the file.
+    pub fn error_at(
+        &self,
+        keys: &[&str],
+        index: Option<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = locate::locate(&self.source, keys, index).unwrap_or((1, 1));
+        ConfigError::Invalid { origin: self.origin(), line, column, message: message.into() }
+    }
+
     /// Resolves a path from the config relative to the config file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         match self.path.as_deref().and_then(Path::parent) {
@@ -309,10 +343,7 @@ impl Config {
             message: e.to_string(),
         })?;
         let config = Config::parse(&text, &path.display().to_string())?;
-        Ok(LoadedConfig {
-            config,
-            path: Some(path.to_path_buf()),
-        })
+        Ok(LoadedConfig { config, path: Some(path.to_path_buf()), source: text })
     }
 
     /// The configuration as commented-free TOML (what `polyvisor config show` prints).

@@ -15,9 +15,7 @@ fn bounded<'de, D: Deserializer<'de>>(
         Ok(u) if (min..=max).contains(&u) => {
             u32::try_from(u).map_err(|_| D::Error::custom("out of range"))
         }
-        _ => Err(D::Error::custom(format!(
-            "{key} must be between {min} and {max}{unit}, not {v}"
-        ))),
+        _ => Err(D::Error::custom(format!("{key} must be between {min} and {max}{unit}, not {v}"))),
     }
 }
 

@@ -3,12 +3,7 @@ use super::*;
 fn err(text: &str) -> (usize, usize, String) {
     match Config::parse(text, "t.toml") {
         Ok(c) => panic!("accepted: {c:?}"),
-        Err(ConfigError::Invalid {
-            origin,
-            line,
-            column,
-            message,
-        }) => {
+        Err(ConfigError::Invalid { origin, line, column, message }) => {
             assert_eq!(origin, "t.toml");
             (line, column, message)
         }
@@ -25,62 +20,14 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         8,
         &["vmware", "bhyve", "kvm", "hyperv", "xen"],
     ),
-    (
-        "unknown key",
-        "[vm]\nmemory_mib = 64\nmemroy = 3\n",
-        3,
-        1,
-        &["memroy", "memory_mib"],
-    ),
-    (
-        "unknown section",
-        "[hypervisr]\nmode = \"kvm\"\n",
-        1,
-        2,
-        &["hypervisr", "hypervisor"],
-    ),
-    (
-        "wrong type",
-        "[hypervisor]\nhypercalls_enabled = \"yes\"\n",
-        2,
-        22,
-        &["bool"],
-    ),
-    (
-        "memory too small",
-        "[vm]\nmemory_mib = 1\n",
-        2,
-        14,
-        &["memory_mib", "between 2 and 65536"],
-    ),
-    (
-        "negative vcpus",
-        "[vm]\nvcpus = -2\n",
-        2,
-        9,
-        &["vcpus", "between 1 and 64"],
-    ),
-    (
-        "too many vcpus",
-        "[vm]\nvcpus = 1000\n",
-        2,
-        9,
-        &["between 1 and 64", "1000"],
-    ),
-    (
-        "bad boot",
-        "[vm]\nboot = \"bios\"\n",
-        2,
-        8,
-        &["bios", "auto", "elf64", "pvh"],
-    ),
-    (
-        "bad trap",
-        "[host]\ntrap = \"magic\"\n",
-        2,
-        8,
-        &["magic", "write-protect", "xen-intercept"],
-    ),
+    ("unknown key", "[vm]\nmemory_mib = 64\nmemroy = 3\n", 3, 1, &["memroy", "memory_mib"]),
+    ("unknown section", "[hypervisr]\nmode = \"kvm\"\n", 1, 2, &["hypervisr", "hypervisor"]),
+    ("wrong type", "[hypervisor]\nhypercalls_enabled = \"yes\"\n", 2, 22, &["bool"]),
+    ("memory too small", "[vm]\nmemory_mib = 1\n", 2, 14, &["memory_mib", "between 2 and 65536"]),
+    ("negative vcpus", "[vm]\nvcpus = -2\n", 2, 9, &["vcpus", "between 1 and 64"]),
+    ("too many vcpus", "[vm]\nvcpus = 1000\n", 2, 9, &["between 1 and 64", "1000"]),
+    ("bad boot", "[vm]\nboot = \"bios\"\n", 2, 8, &["bios", "auto", "elf64", "pvh"]),
+    ("bad trap", "[host]\ntrap = \"magic\"\n", 2, 8, &["magic", "write-protect", "xen-intercept"]),
     (
         "bad instruction",
         "[host]\ninstruction = \"syscall\"\n",
@@ -88,34 +35,10 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         15,
         &["syscall", "vmcall", "vmmcall"],
     ),
-    (
-        "negative selector",
-        "[hypervisor]\ndeny = [-1]\n",
-        2,
-        8,
-        &["number", ">= 0"],
-    ),
-    (
-        "selector of wrong type",
-        "[hypervisor]\nallow = [true]\n",
-        2,
-        9,
-        &["name", "number"],
-    ),
-    (
-        "long vendor id",
-        "[hyperv]\nvendor_id = \"Microsoft Hyper-V\"\n",
-        2,
-        13,
-        &["1 to 12"],
-    ),
-    (
-        "bad xen version",
-        "[xen]\nversion = \"four\"\n",
-        2,
-        11,
-        &["MAJOR.MINOR"],
-    ),
+    ("negative selector", "[hypervisor]\ndeny = [-1]\n", 2, 8, &["number", ">= 0"]),
+    ("selector of wrong type", "[hypervisor]\nallow = [true]\n", 2, 9, &["name", "number"]),
+    ("long vendor id", "[hyperv]\nvendor_id = \"Microsoft Hyper-V\"\n", 2, 13, &["1 to 12"]),
+    ("bad xen version", "[xen]\nversion = \"four\"\n", 2, 11, &["MAJOR.MINOR"]),
     ("bad domid", "[xen]\ndomid = 0\n", 2, 9, &["domid", "32751"]),
     (
         "unknown kvm feature",
@@ -131,21 +54,9 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         14,
         &["freebsd14", "review", "freebsd15"],
     ),
-    (
-        "cmdline with NUL",
-        "[vm]\ncmdline = \"a\\u0000b\"\n",
-        2,
-        11,
-        &["NUL"],
-    ),
+    ("cmdline with NUL", "[vm]\ncmdline = \"a\\u0000b\"\n", 2, 11, &["NUL"]),
     ("syntax error", "[vm\nvcpus = 1\n", 1, 4, &[]),
-    (
-        "duplicate key",
-        "[vm]\nvcpus = 1\nvcpus = 2\n",
-        3,
-        1,
-        &["duplicate"],
-    ),
+    ("duplicate key", "[vm]\nvcpus = 1\nvcpus = 2\n", 3, 1, &["duplicate"]),
 ];
 
 #[test]
@@ -172,10 +83,7 @@ fn empty_config_is_the_safe_default() {
     let c = Config::parse("", "t.toml").unwrap();
     assert_eq!(c, Config::default());
     assert_eq!(c.hypervisor.mode, HypervisorMode::Bhyve);
-    assert!(
-        !c.hypervisor.hypercalls_enabled,
-        "hypercalls are off unless turned on"
-    );
+    assert!(!c.hypervisor.hypercalls_enabled, "hypercalls are off unless turned on");
     assert_eq!(c.vm.memory_mib, 128);
     assert_eq!(c.vm.vcpus, 1);
     assert_eq!(c.host.trap, TrapStrategyChoice::Auto);
@@ -214,18 +122,12 @@ version = "4.19"
     assert!(p.hypercalls_enabled);
     assert_eq!(
         p.allow,
-        Some(vec![
-            CallSelector::Name("KVM_HC_SEND_IPI".into()),
-            CallSelector::Number(1)
-        ])
+        Some(vec![CallSelector::Name("KVM_HC_SEND_IPI".into()), CallSelector::Number(1)])
     );
     assert_eq!(p.deny, vec![CallSelector::Number(5)]);
     assert_eq!(c.vm.boot, BootProtocol::Pvh);
     assert_eq!(c.host.instruction, InstructionChoice::Vmmcall);
-    assert_eq!(
-        c.kvm.features,
-        Some(vec![KvmFeature::Clocksource2, KvmFeature::PvUnhalt])
-    );
+    assert_eq!(c.kvm.features, Some(vec![KvmFeature::Clocksource2, KvmFeature::PvUnhalt]));
     assert_eq!(c.xen.version_numbers(), (4, 19));
     // What `config show` prints parses back to the same config.
     assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
@@ -233,25 +135,26 @@ version = "4.19"
 
 #[test]
 fn relative_kernel_paths_follow_the_config_file() {
-    let loaded = LoadedConfig {
-        config: Config::default(),
-        path: Some("/etc/pv/vm.toml".into()),
-    };
-    assert_eq!(
-        loaded.resolve(Path::new("k.elf")),
-        PathBuf::from("/etc/pv/k.elf")
-    );
-    assert_eq!(
-        loaded.resolve(Path::new("/abs/k.elf")),
-        PathBuf::from("/abs/k.elf")
-    );
+    let loaded = LoadedConfig { path: Some("/etc/pv/vm.toml".into()), ..LoadedConfig::builtin() };
+    assert_eq!(loaded.resolve(Path::new("k.elf")), PathBuf::from("/etc/pv/k.elf"));
+    assert_eq!(loaded.resolve(Path::new("/abs/k.elf")), PathBuf::from("/abs/k.elf"));
 }
 
 #[test]
 fn missing_file_names_the_path() {
     let e = Config::load(Path::new("/nonexistent/polyvisor.toml")).unwrap_err();
-    assert!(
-        e.to_string().starts_with("/nonexistent/polyvisor.toml: "),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("/nonexistent/polyvisor.toml: "), "{e}");
+}
+
+#[test]
+fn later_checks_point_at_the_value() {
+    let text = "[hypervisor]\nmode = \"kvm\"\ndeny = [\"A\", \"NOPE\"]\n";
+    let loaded =
+        LoadedConfig { path: Some("vm.toml".into()), ..LoadedConfig::parse_str(text).unwrap() };
+    let e = loaded.error_at(&["hypervisor", "deny"], Some(1), "no such call");
+    assert_eq!(e.to_string(), "vm.toml:3:14: no such call");
+    let e = loaded.error_at(&["hypervisor", "allow"], Some(0), "x");
+    assert_eq!(e.location(), Some((1, 2)), "falls back to the section");
+    let e = loaded.error_at(&["kvm", "features"], None, "x");
+    assert_eq!(e.location(), Some((1, 1)), "falls back to the start");
 }

@@ -62,9 +62,7 @@ fn domid<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     let v = i64::deserialize(d)?;
     match u16::try_from(v) {
         Ok(id) if (1..=0x7fef).contains(&id) => Ok(id),
-        _ => Err(D::Error::custom(format!(
-            "domid must be between 1 and 32751 (0x7fef), not {v}"
-        ))),
+        _ => Err(D::Error::custom(format!("domid must be between 1 and 32751 (0x7fef), not {v}"))),
     }
 }
 
