@@ -20,15 +20,7 @@ pub struct CpuidLeaf {
 impl CpuidLeaf {
     /// A leaf without sub-leaves.
     pub const fn new(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> Self {
-        CpuidLeaf {
-            function,
-            index: 0,
-            indexed: false,
-            eax,
-            ebx,
-            ecx,
-            edx,
-        }
+        CpuidLeaf { function, index: 0, indexed: false, eax, ebx, ecx, edx }
     }
 
     /// A hypervisor signature leaf: max leaf in EAX, twelve signature bytes in EBX, ECX, EDX.
@@ -61,10 +53,7 @@ mod tests {
     #[test]
     fn signature_round_trip() {
         let leaf = CpuidLeaf::signature(0x4000_0000, 0x4000_0001, b"bhyve bhyve ");
-        assert_eq!(
-            (leaf.ebx, leaf.ecx, leaf.edx),
-            (0x7679_6862, 0x6862_2065, 0x2065_7679)
-        );
+        assert_eq!((leaf.ebx, leaf.ecx, leaf.edx), (0x7679_6862, 0x6862_2065, 0x2065_7679));
         assert_eq!(&leaf.signature_bytes(), b"bhyve bhyve ");
     }
 }

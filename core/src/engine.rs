@@ -50,6 +50,10 @@ pub trait Dispatch: Send + Sync {
     fn msr_ranges(&self) -> Vec<(u32, u32)>;
     /// The hypervisor CPUID leaves for one vCPU.
     fn cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf>;
+    /// What a leaf means, per the personality.
+    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String>;
+    /// The personality's end-of-run report lines.
+    fn report(&self) -> Vec<String>;
     /// The table with policy and counters, for tools and reports.
     fn rows(&self) -> Vec<RowInfo>;
     /// Refusal counters.
@@ -71,11 +75,8 @@ impl<P: Personality> Engine<P> {
     /// Builds the engine, resolving the policy's names and numbers against the table.
     pub fn new(personality: Arc<P>, policy: &Policy) -> Result<Self, PolicyError> {
         let table = personality.table();
-        let mut index: Vec<(u64, usize)> = table
-            .iter()
-            .enumerate()
-            .map(|(i, row)| (row.number, i))
-            .collect();
+        let mut index: Vec<(u64, usize)> =
+            table.iter().enumerate().map(|(i, row)| (row.number, i)).collect();
         index.sort_unstable();
         let resolve = |list: &'static str, sel: &CallSelector| -> Result<usize, PolicyError> {
             let found = table.iter().position(|row| match sel {
@@ -161,11 +162,7 @@ impl<P: Personality> Engine<P> {
             return p.refuse(vcpu, Refusal::Denied { number });
         }
         // Real mode has no rings; every caller there counts as ring 0.
-        let cpl = if vcpu.mode == CpuMode::Real {
-            0
-        } else {
-            vcpu.cpl
-        };
+        let cpl = if vcpu.mode == CpuMode::Real { 0 } else { vcpu.cpl };
         if !row.rings.allows(cpl) {
             bump(&counters.wrong_ring);
             return p.refuse(vcpu, Refusal::WrongRing { number, cpl });
@@ -174,12 +171,7 @@ impl<P: Personality> Engine<P> {
             bump(&self.refusals.unknown);
             return p.refuse(vcpu, Refusal::Unimplemented { number });
         };
-        let mut call = Call {
-            input,
-            vcpu,
-            memory,
-            platform,
-        };
+        let mut call = Call { input, vcpu, memory, platform };
         let reply = handler(p, &mut call);
         bump(&counters.calls);
         if matches!(reply, Reply::Error(_)) || matches!(&reply, Reply::Outcome(o) if o.is_fault()) {
@@ -217,6 +209,14 @@ impl<P: Personality> Dispatch for Engine<P> {
 
     fn cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf> {
         self.personality.cpuid(vcpu)
+    }
+
+    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
+        self.personality.explain_cpuid(leaf)
+    }
+
+    fn report(&self) -> Vec<String> {
+        self.personality.report()
     }
 
     fn rows(&self) -> Vec<RowInfo> {

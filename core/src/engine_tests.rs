@@ -48,20 +48,8 @@ const TABLE: &[HypercallRow<TestAbi>] = &[
         handler: Some(read_u64),
         summary: "",
     },
-    HypercallRow {
-        number: 2,
-        name: "RESERVED",
-        rings: Rings::KERNEL,
-        handler: None,
-        summary: "",
-    },
-    HypercallRow {
-        number: 9,
-        name: "SAY",
-        rings: Rings::KERNEL,
-        handler: Some(say),
-        summary: "",
-    },
+    HypercallRow { number: 2, name: "RESERVED", rings: Rings::KERNEL, handler: None, summary: "" },
+    HypercallRow { number: 9, name: "SAY", rings: Rings::KERNEL, handler: Some(say), summary: "" },
 ];
 
 impl Personality for TestAbi {
@@ -75,10 +63,7 @@ impl Personality for TestAbi {
         if v.regs.rax & MALFORMED_FLAG != 0 {
             return Err(Outcome::inject(Exception::GeneralProtection(0)));
         }
-        Ok(CallInput {
-            number: v.arg(Gpr::Rax),
-            args: [v.arg(Gpr::Rdi), 0, 0, 0, 0, 0],
-        })
+        Ok(CallInput { number: v.arg(Gpr::Rax), args: [v.arg(Gpr::Rdi), 0, 0, 0, 0, 0] })
     }
     fn encode(&self, _: &VcpuSnapshot, reply: Reply) -> Outcome {
         match reply {
@@ -97,11 +82,7 @@ impl Personality for TestAbi {
         Outcome::ret(Gpr::Rax, code)
     }
     fn cpuid(&self, _: u32) -> Vec<CpuidLeaf> {
-        vec![CpuidLeaf::signature(
-            0x4000_0000,
-            0x4000_0000,
-            b"TestTestTest",
-        )]
+        vec![CpuidLeaf::signature(0x4000_0000, 0x4000_0000, b"TestTestTest")]
     }
     fn msr_ranges(&self) -> &[(u32, u32)] {
         &[(0x4000_0000, 0x4000_0001)]
@@ -132,11 +113,7 @@ fn engine(policy: Policy) -> Engine<TestAbi> {
 fn call(engine: &Engine<TestAbi>, rax: u64, rdi: u64, cpl: u8) -> Outcome {
     let mem = memory(0x10000);
     let platform = RecordingPlatform::new(1);
-    let mut v = snapshot(Registers {
-        rax,
-        rdi,
-        ..Default::default()
-    });
+    let mut v = snapshot(Registers { rax, rdi, ..Default::default() });
     v.cpl = cpl;
     engine.hypercall(&v, &mem, &platform)
 }
@@ -189,11 +166,7 @@ fn real_mode_counts_as_ring_zero() {
     let e = engine(Policy::permissive());
     let mem = memory(0x1000);
     let platform = RecordingPlatform::new(1);
-    let mut v = snapshot(Registers {
-        rax: 1,
-        rdi: 0,
-        ..Default::default()
-    });
+    let mut v = snapshot(Registers { rax: 1, rdi: 0, ..Default::default() });
     v.cpl = 3;
     v.mode = CpuMode::Real;
     assert_eq!(rax(&e.hypercall(&v, &mem, &platform)), Some(0));
@@ -216,10 +189,7 @@ fn denied_by_name_or_number() {
 fn allow_list_permits_only_its_calls_and_deny_wins() {
     let e = engine(Policy {
         hypercalls_enabled: true,
-        allow: Some(vec![
-            CallSelector::Name("PING".into()),
-            CallSelector::Number(9),
-        ]),
+        allow: Some(vec![CallSelector::Name("PING".into()), CallSelector::Number(9)]),
         deny: vec![CallSelector::Number(9)],
     });
     assert_eq!(rax(&call(&e, 0, 0, 0)), Some(1));
@@ -256,29 +226,13 @@ fn malformed_input_is_the_decoders_answer() {
 fn guest_pointer_errors_are_the_abis_error() {
     let e = engine(Policy::permissive());
     let mem = memory(0x1000);
-    mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x800))
-        .unwrap();
+    mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x800)).unwrap();
     let platform = RecordingPlatform::new(1);
-    let v = snapshot(Registers {
-        rax: 1,
-        rdi: 0x800,
-        ..Default::default()
-    });
-    assert_eq!(
-        rax(&e.hypercall(&v, &mem, &platform)),
-        Some(0x1122_3344_5566_7788)
-    );
+    let v = snapshot(Registers { rax: 1, rdi: 0x800, ..Default::default() });
+    assert_eq!(rax(&e.hypercall(&v, &mem, &platform)), Some(0x1122_3344_5566_7788));
     for bad in [0xffc, 0x1000, u64::MAX - 3] {
-        let v = snapshot(Registers {
-            rax: 1,
-            rdi: bad,
-            ..Default::default()
-        });
-        assert_eq!(
-            rax(&e.hypercall(&v, &mem, &platform)),
-            Some(u64::MAX),
-            "pointer {bad:#x}"
-        );
+        let v = snapshot(Registers { rax: 1, rdi: bad, ..Default::default() });
+        assert_eq!(rax(&e.hypercall(&v, &mem, &platform)), Some(u64::MAX), "pointer {bad:#x}");
     }
     assert_eq!(e.rows()[1].counters.errors, 3);
 }
@@ -288,10 +242,7 @@ fn handlers_reach_the_platform() {
     let e = engine(Policy::permissive());
     let mem = memory(0x1000);
     let platform = RecordingPlatform::new(1);
-    let v = snapshot(Registers {
-        rax: 9,
-        ..Default::default()
-    });
+    let v = snapshot(Registers { rax: 9, ..Default::default() });
     e.hypercall(&v, &mem, &platform);
     assert_eq!(platform.take(), vec![Effect::Console(0, b"hi".to_vec())]);
 }
@@ -315,21 +266,14 @@ fn msr_routing() {
     let e = engine(Policy::default());
     let mem = memory(0x1000);
     let platform = RecordingPlatform::new(1);
-    let ctx = MsrContext {
-        vcpu: 0,
-        memory: &mem,
-        platform: &platform,
-    };
+    let ctx = MsrContext { vcpu: 0, memory: &mem, platform: &platform };
     assert_eq!(e.read_msr(&ctx, 0x4000_0000), MsrRead::Value(42));
     assert_eq!(e.read_msr(&ctx, 0x4000_0001), MsrRead::Gp);
     assert_eq!(e.read_msr(&ctx, 0x10), MsrRead::NotMine);
     assert_eq!(e.write_msr(&ctx, 0x4000_0000, 7), MsrWrite::Done);
     assert_eq!(e.write_msr(&ctx, 0x4000_0001, 7), MsrWrite::Gp);
     assert_eq!(e.write_msr(&ctx, 0x10, 7), MsrWrite::NotMine);
-    assert_eq!(
-        platform.take(),
-        vec![Effect::Console(0, 7u64.to_le_bytes().to_vec())]
-    );
+    assert_eq!(platform.take(), vec![Effect::Console(0, 7u64.to_le_bytes().to_vec())]);
     assert_eq!(e.msr_ranges(), vec![(0x4000_0000, 0x4000_0001)]);
 }
 

@@ -13,10 +13,7 @@ pub struct RegisterWrites {
 impl RegisterWrites {
     /// No register changes.
     pub const fn none() -> Self {
-        RegisterWrites {
-            regs: [None; MAX_REGISTER_WRITES],
-            values: [0; MAX_REGISTER_WRITES],
-        }
+        RegisterWrites { regs: [None; MAX_REGISTER_WRITES], values: [0; MAX_REGISTER_WRITES] }
     }
 
     /// One register write.
@@ -29,10 +26,7 @@ impl RegisterWrites {
     /// Adds (or replaces) a register write. Returns `false` when the fixed capacity is full,
     /// which is a personality bug, never a guest's doing.
     pub fn push(&mut self, reg: Gpr, value: u64) -> bool {
-        let slot = self
-            .regs
-            .iter()
-            .position(|r| *r == Some(reg) || r.is_none());
+        let slot = self.regs.iter().position(|r| *r == Some(reg) || r.is_none());
         match slot.and_then(|i| Some((self.regs.get_mut(i)?, self.values.get_mut(i)?))) {
             Some((r, v)) => {
                 *r = Some(reg);
@@ -45,10 +39,7 @@ impl RegisterWrites {
 
     /// The writes in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = (Gpr, u64)> + '_ {
-        self.regs
-            .iter()
-            .zip(self.values.iter())
-            .map_while(|(r, v)| r.map(|r| (r, *v)))
+        self.regs.iter().zip(self.values.iter()).map_while(|(r, v)| r.map(|r| (r, *v)))
     }
 
     /// The value written to `reg`, if any.
@@ -138,18 +129,12 @@ pub struct Outcome {
 impl Outcome {
     /// Write `value` to `reg` and skip the instruction: the common successful return.
     pub fn ret(reg: Gpr, value: u64) -> Self {
-        Outcome {
-            writes: RegisterWrites::one(reg, value),
-            next: Next::Advance,
-        }
+        Outcome { writes: RegisterWrites::one(reg, value), next: Next::Advance }
     }
 
     /// Inject an exception; no register changes.
     pub fn inject(exception: Exception) -> Self {
-        Outcome {
-            writes: RegisterWrites::none(),
-            next: Next::Inject(exception),
-        }
+        Outcome { writes: RegisterWrites::none(), next: Next::Inject(exception) }
     }
 
     /// Inject #UD.
@@ -159,10 +144,7 @@ impl Outcome {
 
     /// End the VM.
     pub fn exit(reason: ExitReason) -> Self {
-        Outcome {
-            writes: RegisterWrites::none(),
-            next: Next::Exit(reason),
-        }
+        Outcome { writes: RegisterWrites::none(), next: Next::Exit(reason) }
     }
 
     /// Whether this outcome is a fault or an end rather than a completed call.
@@ -181,15 +163,7 @@ mod tests {
         assert!(w.push(Gpr::Rax, 1));
         assert!(w.push(Gpr::Rax, 2));
         assert_eq!(w.iter().collect::<Vec<_>>(), vec![(Gpr::Rax, 2)]);
-        for reg in [
-            Gpr::Rbx,
-            Gpr::Rcx,
-            Gpr::Rdx,
-            Gpr::Rsi,
-            Gpr::Rdi,
-            Gpr::R8,
-            Gpr::R9,
-        ] {
+        for reg in [Gpr::Rbx, Gpr::Rcx, Gpr::Rdx, Gpr::Rsi, Gpr::Rdi, Gpr::R8, Gpr::R9] {
             assert!(w.push(reg, 7));
         }
         assert!(!w.push(Gpr::R10, 7), "capacity is fixed");

@@ -109,6 +109,17 @@ pub trait Personality: Send + Sync + 'static {
     /// The CPUID leaves this personality shows vCPU `vcpu`, hypervisor range only.
     fn cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf>;
 
+    /// Human-readable meaning of a leaf this personality shows (signature, named feature
+    /// bits), one line per fact, for `polyvisor cpuid`.
+    fn explain_cpuid(&self, _leaf: &CpuidLeaf) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Lines to print when the VM ends (what the personality collected, e.g. probe counts).
+    fn report(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The synthetic MSR ranges this personality owns (inclusive); the VMM routes them here.
     fn msr_ranges(&self) -> &[(u32, u32)] {
         &[]

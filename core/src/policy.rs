@@ -32,11 +32,7 @@ pub struct Policy {
 impl Policy {
     /// Everything enabled, nothing denied: convenient for tests and benchmarks.
     pub fn permissive() -> Self {
-        Policy {
-            hypercalls_enabled: true,
-            allow: None,
-            deny: Vec::new(),
-        }
+        Policy { hypercalls_enabled: true, allow: None, deny: Vec::new() }
     }
 }
 

@@ -30,11 +30,7 @@ impl Rings {
 
     /// The rings as text, e.g. "0,3".
     pub fn describe(self) -> String {
-        (0u8..4)
-            .filter(|r| self.allows(*r))
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        (0u8..4).filter(|r| self.allows(*r)).map(|r| r.to_string()).collect::<Vec<_>>().join(",")
     }
 }
 

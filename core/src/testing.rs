@@ -65,10 +65,7 @@ impl RecordingPlatform {
 
     /// The effects recorded so far.
     pub fn take(&self) -> Vec<Effect> {
-        self.effects
-            .lock()
-            .map(|mut e| std::mem::take(&mut *e))
-            .unwrap_or_default()
+        self.effects.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
     }
 
     fn check(&self, vcpu: u32) -> Result<(), PlatformError> {
@@ -124,19 +121,10 @@ impl Platform for RecordingPlatform {
         self.tsc_khz
     }
     fn probe_fired(&self, e: &ProbeEvent<'_>) {
-        self.record(Effect::Probe(
-            e.probe_id,
-            e.name.to_string(),
-            e.args,
-            e.thread,
-            e.vcpu,
-        ));
+        self.record(Effect::Probe(e.probe_id, e.name.to_string(), e.args, e.thread, e.vcpu));
     }
     fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.record(Effect::Overlay(
-            slot,
-            placement.map(|(gpa, bytes)| (gpa, bytes.to_vec())),
-        ));
+        self.record(Effect::Overlay(slot, placement.map(|(gpa, bytes)| (gpa, bytes.to_vec()))));
         Ok(())
     }
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
