@@ -64,10 +64,10 @@ pub struct HypervisorConfig {
     #[serde(default)]
     pub hypercalls_enabled: bool,
     /// When present, only these hypercalls (names or numbers) are permitted.
-    #[serde(default, deserialize_with = "selectors_opt")]
+    #[serde(default)]
     pub allow: Option<Vec<Selector>>,
     /// These hypercalls (names or numbers) are refused.
-    #[serde(default, deserialize_with = "selectors")]
+    #[serde(default)]
     pub deny: Vec<Selector>,
 }
 
@@ -103,7 +103,7 @@ impl HypervisorConfig {
 #[serde(into = "SelectorRepr")]
 pub struct Selector(pub CallSelector);
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum SelectorRepr {
     Number(u64),
@@ -119,22 +119,20 @@ impl From<Selector> for SelectorRepr {
     }
 }
 
-fn selectors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Selector>, D::Error> {
-    use serde::de::Error;
-    let raw = Vec::<toml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|v| match v {
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Validated per element, so an error points at the element itself.
+        match toml::Value::deserialize(d)? {
             toml::Value::String(s) if !s.trim().is_empty() => Ok(Selector(CallSelector::Name(s))),
-            toml::Value::Integer(n) if n >= 0 => Ok(Selector(CallSelector::Number(n.unsigned_abs()))),
+            toml::Value::Integer(n) if n >= 0 => {
+                Ok(Selector(CallSelector::Number(n.unsigned_abs())))
+            }
             other => Err(D::Error::custom(format!(
                 "a hypercall is named by its name (a non-empty string) or its number (an integer >= 0), not {other}"
             ))),
-        })
-        .collect()
-}
-
-fn selectors_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Selector>>, D::Error> {
-    selectors(d).map(Some)
+        }
+    }
 }
 
 /// How the kernel is entered.

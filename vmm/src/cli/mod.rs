@@ -1,0 +1,75 @@
+//! Command-line interface: parsing with clap, one module per subcommand.
+
+mod config_cmd;
+mod exit;
+mod tables;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use polyvisor_config::{Config, ConfigError, HypervisorMode, LoadedConfig};
+
+/// polyvisor: a VMM on Linux KVM that shows its guests another hypervisor's face —
+/// bhyve, KVM, Hyper-V or Xen.
+#[derive(Debug, Parser)]
+#[command(name = "polyvisor", version, propagate_version = true)]
+#[command(about = "A VMM on Linux KVM that shows its guests another hypervisor's face: bhyve, KVM, Hyper-V or Xen")]
+#[command(after_help = "Exit status: see `docs/cli.md`; 0 means success, 2 a usage error, \
+                        3 an invalid configuration.")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the CPUID leaves a mode shows its guests, decoded.
+    Cpuid(tables::CpuidArgs),
+    /// Print a mode's hypercall table: number, name, rings, and whether it is enabled.
+    Hypercalls(tables::HypercallsArgs),
+    /// Check or show configuration files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// Options shared by commands that read a configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ConfigArgs {
+    /// Configuration file (TOML); without it the built-in defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Hypervisor mode, overriding the configuration's.
+    #[arg(long, short = 'm', value_name = "MODE")]
+    mode: Option<HypervisorMode>,
+    /// Turn hypercalls on, overriding the configuration (they are off by default).
+    #[arg(long)]
+    enable_hypercalls: bool,
+}
+
+impl ConfigArgs {
+    /// Loads the configuration and applies the command-line overrides.
+    pub(crate) fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        let mut loaded = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => LoadedConfig::builtin(),
+        };
+        if let Some(mode) = self.mode {
+            loaded.config.hypervisor.mode = mode;
+        }
+        if self.enable_hypercalls {
+            loaded.config.hypervisor.hypercalls_enabled = true;
+        }
+        Ok(loaded)
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let status = match cli.command {
+        Command::Cpuid(args) => tables::cpuid(&args),
+        Command::Hypercalls(args) => tables::hypercalls(&args),
+        Command::Config(cmd) => config_cmd::run(&cmd),
+    };
+    status.into()
+}
