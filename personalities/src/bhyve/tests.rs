@@ -322,6 +322,7 @@ fn probe_create_refuses_bad_pointers_and_names_with_error() {
     let mem = memory(MEM);
     put_name(&mem, NAME_AT, b"ok\xff\xfeno\0x\x1b");
     put_name(&mem, 0x3000, &[b'a'; 200]);
+    put_name(&mem, 0, b"null"); // readable: only the NULL check refuses it
     let end = MEM as u64;
     let cases: &[(&str, u64, u64)] = &[
         ("past the end of memory", end, 4),
@@ -356,7 +357,7 @@ fn probe_create_refuses_bad_pointers_and_names_with_error() {
 fn the_4097th_probe_is_refused() {
     let e = enabled();
     let mem = memory(MEM);
-    for i in 1..=MAX_PROBES as u64 {
+    for i in 1..=4096 {
         assert_eq!(create(&e, &mem, &format!("p{i}")), created(i));
     }
     assert_eq!(create(&e, &mem, "one more"), err());
@@ -470,6 +471,7 @@ fn probe_with_an_unknown_id_or_bad_args_pointer_is_error_and_records_nothing() {
     let mem = memory(MEM);
     assert_eq!(create(&e, &mem, "p"), created(1));
     put_args(&mem, ARGS_AT, [1; 5]);
+    put_args(&mem, 0, [1; 5]); // readable: only the NULL check refuses it
     let end = MEM as u64;
     let cases: &[(&str, u64, u64)] = &[
         ("DTRACE_IDNONE", 0, ARGS_AT),
