@@ -44,8 +44,8 @@ pub fn explain(leaf: BhyveLeaf, hypercalls_enabled: bool, shown: &CpuidLeaf) -> 
                 String::from_utf8_lossy(&shown.signature_bytes()),
                 shown.eax
             ),
-            "leaves above 0x40000001 are not clamped to it as bhyve does; the host CPU's \
-             out-of-range rule answers them"
+            "leaves above 0x40000001 are not clamped to it as bhyve does; KVM's out-of-range \
+             rule answers them"
                 .to_string(),
         ],
         CPUID_BHYVE_FEATURES => match leaf {

@@ -105,11 +105,22 @@ impl Personality for Bhyve {
         cpuid::explain(self.leaf, self.hypercalls_enabled, leaf)
     }
 
-    /// One line per guest probe with how often it fired; nothing when the guest made none.
+    /// A summary line, then one line per probe that fired, with its count (a guest may create
+    /// up to 4096 probes; the silent ones are only counted). Nothing when the guest made none.
     fn report(&self) -> Vec<String> {
-        self.probe_counts()
-            .into_iter()
-            .map(|(id, name, fired)| format!("bhyve probe {id} {name:?}: fired {fired} times"))
-            .collect()
+        let counts = self.probe_counts();
+        if counts.is_empty() {
+            return Vec::new();
+        }
+        let fired: Vec<_> = counts.iter().filter(|(_, _, n)| *n > 0).collect();
+        let mut lines = vec![format!(
+            "bhyve: {} guest DTrace probes created, {} fired",
+            counts.len(),
+            fired.len()
+        )];
+        lines.extend(
+            fired.iter().map(|(id, name, n)| format!("bhyve probe {id} {name:?}: fired {n} times")),
+        );
+        lines
     }
 }
