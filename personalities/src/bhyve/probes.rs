@@ -95,10 +95,19 @@ struct Slot {
 }
 
 /// One VM's probes: ids 1..=[`MAX_PROBES`] in creation order, names unique.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ProbeRegistry {
     slots: OnceLock<Box<[Slot]>>,
     by_name: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl std::fmt::Debug for ProbeRegistry {
+    // The slot array has 4096 entries: show how many are in use instead.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let created =
+            self.slots.get().map_or(0, |s| s.iter().take_while(|s| s.name.get().is_some()).count());
+        f.debug_struct("ProbeRegistry").field("created", &created).finish()
+    }
 }
 
 /// A registered probe as PROBE finds it.
@@ -224,6 +233,7 @@ mod tests {
     #[test]
     fn ids_start_at_one_and_names_are_unique() {
         let r = ProbeRegistry::default();
+        assert_eq!(format!("{r:?}"), "ProbeRegistry { created: 0 }");
         assert!(r.counts().is_empty());
         assert_eq!(r.get(1).map(|p| p.id), Err(ProbeError::UnknownId), "nothing yet");
         assert_eq!(r.create("a"), Ok(1));
@@ -237,6 +247,7 @@ mod tests {
         b.count();
         b.count();
         assert_eq!(r.counts(), vec![(1, "a".to_string(), 0), (2, "b".to_string(), 2)]);
+        assert_eq!(format!("{r:?}"), "ProbeRegistry { created: 2 }");
     }
 
     #[test]
