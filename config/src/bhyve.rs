@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error;
+use serde::{Deserialize, Deserializer, Serialize};
 use strum::{Display, EnumString, VariantNames};
 
 /// What CPUID 0x40000001 shows a bhyve guest.
@@ -34,7 +35,44 @@ pub struct BhyveConfig {
     /// Which meaning CPUID 0x40000001 has.
     #[serde(default)]
     pub cpuid_leaf: BhyveLeaf,
-    /// Where guest-fired DTrace probe events go, as JSON lines; absent: the log.
-    #[serde(default)]
+    /// Where guest-fired DTrace probe events go, as JSON lines; absent: the log. Relative
+    /// paths are relative to the config file.
+    #[serde(default, deserialize_with = "probe_log")]
     pub probe_log: Option<PathBuf>,
+}
+
+/// A probe log path: present means a file, so it must name one.
+fn probe_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(D::Error::custom(
+            "probe_log must name a file; leave the key out to send probe events to the log",
+        ));
+    }
+    if s.contains('\0') {
+        return Err(D::Error::custom("probe_log must not contain NUL characters"));
+    }
+    Ok(Some(PathBuf::from(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn defaults_are_the_review_leaf_and_the_log() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.bhyve.cpuid_leaf, BhyveLeaf::Review);
+        assert_eq!(c.bhyve.probe_log, None);
+    }
+
+    #[test]
+    fn bhyve_section_parses_and_round_trips() {
+        let text = "[bhyve]\ncpuid_leaf = \"freebsd15\"\nprobe_log = \"probes.jsonl\"\n";
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.bhyve.cpuid_leaf, BhyveLeaf::Freebsd15);
+        assert_eq!(c.bhyve.probe_log, Some(PathBuf::from("probes.jsonl")));
+        assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
+    }
 }

@@ -54,6 +54,8 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         14,
         &["freebsd14", "review", "freebsd15"],
     ),
+    ("empty probe log", "[bhyve]\nprobe_log = \"\"\n", 2, 13, &["probe_log", "must name a file"]),
+    ("probe log with NUL", "[bhyve]\nprobe_log = \"a\\u0000b\"\n", 2, 13, &["probe_log", "NUL"]),
     ("cmdline with NUL", "[vm]\ncmdline = \"a\\u0000b\"\n", 2, 11, &["NUL"]),
     ("syntax error", "[vm\nvcpus = 1\n", 1, 4, &[]),
     ("duplicate key", "[vm]\nvcpus = 1\nvcpus = 2\n", 3, 1, &["duplicate"]),
