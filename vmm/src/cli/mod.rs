@@ -14,7 +14,9 @@ use polyvisor_config::{Config, ConfigError, HypervisorMode, LoadedConfig};
 /// bhyve, KVM, Hyper-V or Xen.
 #[derive(Debug, Parser)]
 #[command(name = "polyvisor", version, propagate_version = true)]
-#[command(about = "A VMM on Linux KVM that shows its guests another hypervisor's face: bhyve, KVM, Hyper-V or Xen")]
+#[command(
+    about = "A VMM on Linux KVM that shows its guests another hypervisor's face: bhyve, KVM, Hyper-V or Xen"
+)]
 #[command(after_help = "Exit status: see `docs/cli.md`; 0 means success, 2 a usage error, \
                         3 an invalid configuration.")]
 pub(crate) struct Cli {
