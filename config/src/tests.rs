@@ -48,6 +48,21 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         &["warp_drive", "clocksource2"],
     ),
     (
+        "kvm map bound of zero",
+        "[kvm]\nmax_gpa_ranges = 0\n",
+        2,
+        18,
+        &["max_gpa_ranges", "between 1 and 1048576", "not 0"],
+    ),
+    (
+        "kvm map bound too large",
+        "[kvm]\nmax_gpa_ranges = 99999999999\n",
+        2,
+        18,
+        &["max_gpa_ranges", "99999999999"],
+    ),
+    ("kvm feature of wrong type", "[kvm]\nfeatures = [16]\n", 2, 13, &["clocksource"]),
+    (
         "bad bhyve leaf",
         "[bhyve]\ncpuid_leaf = \"freebsd14\"\n",
         2,
@@ -111,6 +126,7 @@ trap = "write-protect"
 instruction = "vmmcall"
 [kvm]
 features = ["clocksource2", "pv_unhalt"]
+max_gpa_ranges = 64
 [hyperv]
 vendor_id = "Polyvisor"
 [xen]
@@ -130,6 +146,7 @@ version = "4.19"
     assert_eq!(c.vm.boot, BootProtocol::Pvh);
     assert_eq!(c.host.instruction, InstructionChoice::Vmmcall);
     assert_eq!(c.kvm.features, Some(vec![KvmFeature::Clocksource2, KvmFeature::PvUnhalt]));
+    assert_eq!(c.kvm.max_gpa_ranges, 64);
     assert_eq!(c.xen.version_numbers(), (4, 19));
     // What `config show` prints parses back to the same config.
     assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
