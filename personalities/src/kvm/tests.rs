@@ -1452,3 +1452,69 @@ fn kvmclock_msrs_work_with_hypercalls_off() {
     );
     assert_eq!(time_info(&mem, 0x2000).version, 2);
 }
+
+// ------------------------------------------------------------------- fuzz-ish
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mode() -> impl Strategy<Value = CpuMode> {
+        prop_oneof![
+            Just(CpuMode::Long64),
+            Just(CpuMode::Protected32),
+            Just(CpuMode::Real)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any registers, any caller: the instruction completes, only RAX changes, and a
+        /// 32-bit caller only ever sees a 32-bit RAX.
+        #[test]
+        fn any_hypercall_completes_with_rax_only(
+            nr in prop_oneof![0u64..14, any::<u64>()],
+            args in any::<[u64; 4]>(),
+            small_args in any::<[u16; 4]>(),
+            use_small in any::<bool>(),
+            cpl in 0u8..4,
+            mode in mode(),
+            vcpu in 0u32..4,
+        ) {
+            let e = engine();
+            let vm = Vm::new(4);
+            let args = if use_small { small_args.map(u64::from) } else { args };
+            let o = hc_full(&e, &vm, vcpu, cpl, mode, nr, args);
+            let value = rax(&o);
+            if mode != CpuMode::Long64 {
+                prop_assert!(value <= 0xffff_ffff);
+            }
+            if cpl != 0 && mode != CpuMode::Real {
+                prop_assert_eq!(value, mode.truncate(err(KVM_EPERM)));
+                prop_assert!(vm.platform.take().is_empty());
+            }
+        }
+
+        /// Any write to any KVM MSR at any address never panics, and reading it back gives
+        /// the value or #GP.
+        #[test]
+        fn any_kvm_msr_write_is_safe(
+            index in 0u32..0x100,
+            old in any::<bool>(),
+            value in any::<u64>(),
+            vcpu in 0u32..6,
+        ) {
+            let e = engine();
+            let mem = memory(0x4000);
+            let p = Clock::new(2_500_000);
+            let msr = if old { 0x11 + index % 2 } else { MSR_KVM_RANGE_FIRST + index };
+            let c = ctx(vcpu, &mem, &p);
+            match e.write_msr(&c, msr, value) {
+                MsrWrite::Done => prop_assert!(matches!(e.read_msr(&c, msr), MsrRead::Value(_))),
+                MsrWrite::Gp => {}
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}
