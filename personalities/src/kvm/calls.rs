@@ -132,9 +132,7 @@ fn kick_cpu(kvm: &KvmPersonality, call: &mut Call<'_>) -> Reply {
 
 /// `kvm_sched_yield`: yield to the vCPU with `apic_id`, unless it is unknown or the caller.
 fn yield_to(call: &Call<'_>, apic_id: u64) {
-    let target = u32::try_from(apic_id)
-        .ok()
-        .and_then(|id| call.platform.vcpu_by_apic_id(id));
+    let target = u32::try_from(apic_id).ok().and_then(|id| call.platform.vcpu_by_apic_id(id));
     if let Some(target) = target.filter(|t| *t != call.vcpu.vcpu) {
         call.platform.yield_now(call.vcpu.vcpu, Some(target));
     }
@@ -168,11 +166,9 @@ fn clock_pairing(kvm: &KvmPersonality, call: &mut Call<'_>) -> Reply {
     let after = platform.guest_tsc();
     let tsc = before.wrapping_add(after.wrapping_sub(before) / 2);
     let mut s = [0u8; KVM_CLOCK_PAIRING_SIZE];
-    for (at, bytes) in [
-        (0, sec.to_le_bytes()),
-        (8, i64::from(nsec).to_le_bytes()),
-        (16, tsc.to_le_bytes()),
-    ] {
+    for (at, bytes) in
+        [(0, sec.to_le_bytes()), (8, i64::from(nsec).to_le_bytes()), (16, tsc.to_le_bytes())]
+    {
         if let Some(dst) = s.get_mut(at..at + 8) {
             dst.copy_from_slice(&bytes);
         }
@@ -210,11 +206,7 @@ fn send_ipi(kvm: &KvmPersonality, call: &mut Call<'_>) -> Reply {
         return error(abi::KVM_EINVAL);
     }
     // `int cluster_size = op_64_bit ? 64 : 32;`
-    let cluster: u32 = if call.vcpu.mode == CpuMode::Long64 {
-        64
-    } else {
-        32
-    };
+    let cluster: u32 = if call.vcpu.mode == CpuMode::Long64 { 64 } else { 32 };
     // `u32 min`: the high half of a2 is dropped even for a 64-bit caller.
     let min = call.arg(2) as u32;
     let low = deliver(call, call.arg(0), min, icr);
@@ -230,10 +222,7 @@ fn deliver(call: &Call<'_>, bitmap: u64, base: u32, icr: u64) -> u64 {
     while bits != 0 {
         let i = bits.trailing_zeros();
         bits &= bits - 1;
-        let Some(target) = base
-            .checked_add(i)
-            .and_then(|id| platform.vcpu_by_apic_id(id))
-        else {
+        let Some(target) = base.checked_add(i).and_then(|id| platform.vcpu_by_apic_id(id)) else {
             continue;
         };
         let accepted = match icr & abi::APIC_MODE_MASK {
@@ -241,9 +230,7 @@ fn deliver(call: &Call<'_>, bitmap: u64, base: u32, icr: u64) -> u64 {
                 let level_deasserted =
                     icr & abi::APIC_INT_LEVELTRIG != 0 && icr & abi::APIC_INT_ASSERT == 0;
                 !level_deasserted
-                    && platform
-                        .interrupt(target, (icr & abi::APIC_VECTOR_MASK) as u8)
-                        .is_ok()
+                    && platform.interrupt(target, (icr & abi::APIC_VECTOR_MASK) as u8).is_ok()
             }
             abi::APIC_DM_REMRD => platform.wake(target).is_ok(),
             // APIC_DM_SMI, APIC_DM_NMI, APIC_DM_INIT, APIC_DM_STARTUP, APIC_DM_EXTINT.

@@ -53,10 +53,7 @@ pub(super) fn refusal_code(vcpu: &VcpuSnapshot, refusal: Refusal) -> u64 {
 
 /// The ABI's answer to a refused call: the negated code in RAX, instruction completed.
 pub(super) fn refuse(vcpu: &VcpuSnapshot, refusal: Refusal) -> Outcome {
-    encode(
-        vcpu,
-        Reply::Error(abi::negated(refusal_code(vcpu, refusal))),
-    )
+    encode(vcpu, Reply::Error(abi::negated(refusal_code(vcpu, refusal))))
 }
 
 /// An error reply: the negated code.
@@ -72,28 +69,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn regs(rax: u64, rbx: u64, rcx: u64, rdx: u64, rsi: u64) -> Registers {
-        Registers {
-            rax,
-            rbx,
-            rcx,
-            rdx,
-            rsi,
-            rdi: 0xd1d1,
-            r8: 0x8888,
-            ..Default::default()
-        }
+        Registers { rax, rbx, rcx, rdx, rsi, rdi: 0xd1d1, r8: 0x8888, ..Default::default() }
     }
 
     #[test]
     fn decode_takes_rax_and_rbx_rcx_rdx_rsi() {
         let v = snapshot(regs(12, 1, 2, 3, 4));
-        assert_eq!(
-            decode(&v),
-            CallInput {
-                number: 12,
-                args: [1, 2, 3, 4, 0, 0]
-            }
-        );
+        assert_eq!(decode(&v), CallInput { number: 12, args: [1, 2, 3, 4, 0, 0] });
     }
 
     #[test]
@@ -110,13 +92,7 @@ mod tests {
         let at_cpl0: Vec<u64> = all.iter().map(|r| refusal_code(&v, *r)).collect();
         assert_eq!(
             at_cpl0,
-            vec![
-                abi::KVM_ENOSYS,
-                abi::KVM_ENOSYS,
-                abi::KVM_ENOSYS,
-                abi::KVM_EPERM,
-                abi::KVM_EPERM
-            ]
+            vec![abi::KVM_ENOSYS, abi::KVM_ENOSYS, abi::KVM_ENOSYS, abi::KVM_EPERM, abi::KVM_EPERM]
         );
         for cpl in [1, 2, 3] {
             v.cpl = cpl;
@@ -135,10 +111,7 @@ mod tests {
         v.mode = CpuMode::Protected32;
         let o = refuse(&v, Refusal::Disabled);
         assert_eq!(o.writes.get(Gpr::Rax), Some(0xffff_fc18));
-        assert_eq!(
-            encode(&v, error(abi::KVM_EINVAL)).writes.get(Gpr::Rax),
-            Some(0xffff_ffea)
-        );
+        assert_eq!(encode(&v, error(abi::KVM_EINVAL)).writes.get(Gpr::Rax), Some(0xffff_ffea));
     }
 
     proptest! {

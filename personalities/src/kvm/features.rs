@@ -42,6 +42,32 @@ impl FeatureSet {
     }
 }
 
+/// The header's name of a feature: `KVM_FEATURE_` and the name in capitals.
+pub fn spec_name(feature: KvmFeature) -> String {
+    format!("KVM_FEATURE_{}", feature.to_string().to_ascii_uppercase())
+}
+
+/// The feature with this bit of CPUID 0x40000001 EAX, if any.
+pub fn by_bit(bit: u32) -> Option<KvmFeature> {
+    KvmFeature::iter().find(|f| f.bit() == bit)
+}
+
+/// What serves a feature here, in a few words.
+pub fn served_by(feature: KvmFeature) -> &'static str {
+    match feature {
+        KvmFeature::Clocksource => "kvmclock on MSRs 0x11/0x12",
+        KvmFeature::Clocksource2 => "kvmclock on MSRs 0x4b564d00/0x4b564d01",
+        KvmFeature::ClocksourceStableBit => "PVCLOCK_TSC_STABLE_BIT in kvmclock pages is valid",
+        KvmFeature::NopIoDelay => "no I/O delays needed",
+        KvmFeature::PollControl => "MSR_KVM_POLL_CONTROL (0x4b564d05)",
+        KvmFeature::PvUnhalt => "KVM_HC_KICK_CPU",
+        KvmFeature::PvSendIpi => "KVM_HC_SEND_IPI",
+        KvmFeature::PvSchedYield => "KVM_HC_SCHED_YIELD",
+        KvmFeature::HcMapGpaRange => "KVM_HC_MAP_GPA_RANGE",
+        _ => "not served by polyvisor",
+    }
+}
+
 /// What the choice of features depends on besides the configuration.
 pub(super) struct Backing<'a> {
     /// The host's TSC facts (kvmclock).
@@ -70,50 +96,51 @@ impl Backing<'_> {
             KvmFeature::HcMapGpaRange => {
                 self.call(abi::KVM_HC_MAP_GPA_RANGE, "KVM_HC_MAP_GPA_RANGE")
             }
-            KvmFeature::AsyncPf | KvmFeature::AsyncPfVmexit | KvmFeature::AsyncPfInt => Err(
-                "asynchronous page faults need the host's page-fault path to park and resume \
+            KvmFeature::AsyncPf | KvmFeature::AsyncPfVmexit | KvmFeature::AsyncPfInt => {
+                Err("asynchronous page faults need the host's page-fault path to park and resume \
                  guest tasks; polyvisor does not provide them"
-                    .into(),
-            ),
-            KvmFeature::StealTime => Err(
-                "steal time needs the host scheduler's run-delay accounting per vCPU; \
+                    .into())
+            }
+            KvmFeature::StealTime => {
+                Err("steal time needs the host scheduler's run-delay accounting per vCPU; \
                  polyvisor does not provide it"
-                    .into(),
-            ),
-            KvmFeature::PvEoi => Err(
-                "PV EOI needs the local APIC to consult the guest's EOI flag on every \
+                    .into())
+            }
+            KvmFeature::PvEoi => {
+                Err("PV EOI needs the local APIC to consult the guest's EOI flag on every \
                  interrupt; polyvisor's interrupt path does not"
-                    .into(),
-            ),
-            KvmFeature::PvTlbFlush => Err(
-                "PV TLB flush needs steal time's `preempted` flag; polyvisor does not provide \
+                    .into())
+            }
+            KvmFeature::PvTlbFlush => {
+                Err("PV TLB flush needs steal time's `preempted` flag; polyvisor does not provide \
                  steal time"
-                    .into(),
-            ),
-            KvmFeature::MsiExtDestId => Err(
-                "the VMM's interrupt path does not decode the extended destination ID in MSI \
+                    .into())
+            }
+            KvmFeature::MsiExtDestId => {
+                Err("the VMM's interrupt path does not decode the extended destination ID in MSI \
                  address bits 11:5"
-                    .into(),
-            ),
-            KvmFeature::MigrationControl => Err(
-                "MSR_KVM_MIGRATION_CONTROL is for migrating guests with encrypted memory; \
+                    .into())
+            }
+            KvmFeature::MigrationControl => {
+                Err("MSR_KVM_MIGRATION_CONTROL is for migrating guests with encrypted memory; \
                  polyvisor neither migrates nor encrypts guest memory"
-                    .into(),
-            ),
+                    .into())
+            }
         }
     }
 
     fn kvmclock(&self) -> Result<(), String> {
         match (self.host.tsc_khz, self.host.stable_tsc) {
             (Some(khz), true) if khz > 0 => Ok(()),
-            (Some(khz), _) if khz > 0 => Err(
-                "kvmclock computes time from TSC deltas and this host's TSC is not constant \
+            (Some(khz), _) if khz > 0 => {
+                Err("kvmclock computes time from TSC deltas and this host's TSC is not constant \
                  and invariant"
-                    .into(),
-            ),
-            _ => Err(
-                "kvmclock needs the guest TSC frequency and this host does not report it".into(),
-            ),
+                    .into())
+            }
+            _ => {
+                Err("kvmclock needs the guest TSC frequency and this host does not report it"
+                    .into())
+            }
         }
     }
 
@@ -142,9 +169,7 @@ pub(super) fn select(
 ) -> Result<FeatureSet, String> {
     match configured {
         None => Ok(FeatureSet::of(
-            &KvmFeature::iter()
-                .filter(|f| backing.check(*f).is_ok())
-                .collect::<Vec<_>>(),
+            &KvmFeature::iter().filter(|f| backing.check(*f).is_ok()).collect::<Vec<_>>(),
         )),
         Some(list) => {
             let refused: Vec<String> = list

@@ -51,11 +51,7 @@ impl fmt::Display for GpaAttributes {
             Some(s) if s >= 2 << 20 => "2M",
             _ => "4K",
         };
-        let enc = if self.encrypted() {
-            "encrypted"
-        } else {
-            "plaintext"
-        };
+        let enc = if self.encrypted() { "encrypted" } else { "plaintext" };
         write!(f, "{enc}, {size} pages")
     }
 }
@@ -73,13 +69,7 @@ pub struct GpaRange {
 
 impl fmt::Display for GpaRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:#014x}-{:#014x} {}",
-            self.start,
-            self.end.saturating_sub(1),
-            self.attrs
-        )
+        write!(f, "{:#014x}-{:#014x} {}", self.start, self.end.saturating_sub(1), self.attrs)
     }
 }
 
@@ -98,10 +88,7 @@ pub struct GpaMap {
 impl GpaMap {
     /// An empty map that holds at most `limit` ranges.
     pub fn new(limit: usize) -> Self {
-        GpaMap {
-            ranges: Mutex::new(BTreeMap::new()),
-            limit,
-        }
+        GpaMap { ranges: Mutex::new(BTreeMap::new()), limit }
     }
 
     /// The most ranges the map holds.
@@ -137,9 +124,7 @@ impl GpaMap {
     /// The attributes declared for the page holding `gpa`, if any.
     pub fn get(&self, gpa: u64) -> Option<GpaAttributes> {
         let map = self.ranges.lock().ok()?;
-        map.range(..=gpa)
-            .next_back()
-            .and_then(|(_, (end, attrs))| (gpa < *end).then_some(*attrs))
+        map.range(..=gpa).next_back().and_then(|(_, (end, attrs))| (gpa < *end).then_some(*attrs))
     }
 
     /// Every range, in address order.
@@ -232,10 +217,7 @@ impl Plan {
         }
         let added =
             1 + usize::from(plan.left_rest.is_some()) + usize::from(plan.right_rest.is_some());
-        plan.resulting_len = map
-            .len()
-            .saturating_sub(plan.remove.len())
-            .saturating_add(added);
+        plan.resulting_len = map.len().saturating_sub(plan.remove.len()).saturating_add(added);
         plan
     }
 }
@@ -249,24 +231,15 @@ mod tests {
     const PLAIN: GpaAttributes = GpaAttributes(0);
 
     fn spans(m: &GpaMap) -> Vec<(u64, u64, bool)> {
-        m.ranges()
-            .iter()
-            .map(|r| (r.start, r.end, r.attrs.encrypted()))
-            .collect()
+        m.ranges().iter().map(|r| (r.start, r.end, r.attrs.encrypted())).collect()
     }
 
     #[test]
     fn attribute_validation() {
         assert_eq!(GpaAttributes::from_raw(0), Some(PLAIN));
         assert_eq!(GpaAttributes::from_raw(0x10), Some(ENC));
-        assert_eq!(
-            GpaAttributes::from_raw(0x11).unwrap().page_size(),
-            Some(2 << 20)
-        );
-        assert_eq!(
-            GpaAttributes::from_raw(0x2).unwrap().page_size(),
-            Some(1 << 30)
-        );
+        assert_eq!(GpaAttributes::from_raw(0x11).unwrap().page_size(), Some(2 << 20));
+        assert_eq!(GpaAttributes::from_raw(0x2).unwrap().page_size(), Some(1 << 30));
         for bad in [3, 0xf, 0x20, 1 << 63, 0x30] {
             assert_eq!(GpaAttributes::from_raw(bad), None, "{bad:#x}");
         }
@@ -280,11 +253,7 @@ mod tests {
         m.set(0x4000, 0x6000, PLAIN).unwrap();
         assert_eq!(
             spans(&m),
-            vec![
-                (0x0, 0x4000, true),
-                (0x4000, 0x6000, false),
-                (0x6000, 0x10000, true)
-            ]
+            vec![(0x0, 0x4000, true), (0x4000, 0x6000, false), (0x6000, 0x10000, true)]
         );
         assert_eq!(m.get(0x3fff), Some(ENC));
         assert_eq!(m.get(0x4000), Some(PLAIN));
@@ -295,10 +264,7 @@ mod tests {
         // Adjacent equal ranges merge; adjacent different ones do not.
         m.set(0x10000, 0x11000, ENC).unwrap();
         m.set(0x11000, 0x12000, PLAIN).unwrap();
-        assert_eq!(
-            spans(&m),
-            vec![(0x0, 0x11000, true), (0x11000, 0x12000, false)]
-        );
+        assert_eq!(spans(&m), vec![(0x0, 0x11000, true), (0x11000, 0x12000, false)]);
         // A range covering several is replaced whole.
         m.set(0x0, 0x20000, PLAIN).unwrap();
         assert_eq!(spans(&m), vec![(0x0, 0x20000, false)]);
@@ -311,16 +277,8 @@ mod tests {
         m.set(0x1000, 0x2000, PLAIN).unwrap();
         assert_eq!(m.len(), 3);
         let before = m.ranges();
-        assert_eq!(
-            m.set(0x5000, 0x6000, ENC),
-            Err(MapFull),
-            "a new range grows the map"
-        );
-        assert_eq!(
-            m.set(0x0, 0x800, PLAIN),
-            Err(MapFull),
-            "a split grows the map"
-        );
+        assert_eq!(m.set(0x5000, 0x6000, ENC), Err(MapFull), "a new range grows the map");
+        assert_eq!(m.set(0x0, 0x800, PLAIN), Err(MapFull), "a split grows the map");
         assert_eq!(m.ranges(), before);
         // Extending an equal neighbour does not grow it.
         m.set(0x2800, 0x4000, ENC).unwrap();

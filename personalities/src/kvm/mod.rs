@@ -14,6 +14,7 @@
 pub mod abi;
 mod calls;
 mod codec;
+mod cpuid;
 pub mod features;
 pub mod gpa_map;
 mod msr;
@@ -35,6 +36,9 @@ use features::{Backing, FeatureSet};
 use gpa_map::{GpaAttributes, GpaMap, GpaRange};
 use msr::KvmClock;
 use pvclock::TimeScale;
+
+/// How many ranges of the attribute map the end-of-VM report lists.
+const REPORT_RANGES: usize = 32;
 
 /// The KVM personality of one VM.
 #[derive(Debug)]
@@ -150,21 +154,30 @@ impl Personality for KvmPersonality {
     }
 
     fn cpuid(&self, _vcpu: u32) -> Vec<CpuidLeaf> {
-        vec![
-            // EAX: the highest leaf (cpuid.rst: 0 on old hosts means the same).
-            CpuidLeaf::signature(
-                abi::KVM_CPUID_SIGNATURE,
-                abi::KVM_CPUID_FEATURES,
-                abi::KVM_SIGNATURE,
-            ),
-            CpuidLeaf::new(
-                abi::KVM_CPUID_FEATURES,
-                self.features.bits(),
-                0,
-                0,
-                self.hints,
-            ),
-        ]
+        cpuid::leaves(self.features, self.hints)
+    }
+
+    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
+        cpuid::explain(leaf)
+    }
+
+    /// The `KVM_HC_MAP_GPA_RANGE` map, when the guest declared anything: a summary line and
+    /// the first ranges (all of them: [`KvmPersonality::gpa_map_report`]).
+    fn report(&self) -> Vec<String> {
+        let ranges = self.gpa_map.ranges();
+        if ranges.is_empty() {
+            return Vec::new();
+        }
+        let mut lines = vec![format!(
+            "kvm: KVM_HC_MAP_GPA_RANGE map holds {} range(s) (at most {})",
+            ranges.len(),
+            self.gpa_map.limit()
+        )];
+        lines.extend(ranges.iter().take(REPORT_RANGES).map(|r| format!("kvm: {r}")));
+        if ranges.len() > REPORT_RANGES {
+            lines.push(format!("kvm: ... {} more", ranges.len() - REPORT_RANGES));
+        }
+        lines
     }
 
     fn msr_ranges(&self) -> &[(u32, u32)] {
@@ -202,29 +215,15 @@ pub fn build_engine(
     // The table does not depend on the features: resolve the policy once to learn which
     // calls it lets through.
     let probe = Engine::new(
-        Arc::new(KvmPersonality::new(
-            FeatureSet::empty(),
-            false,
-            vcpus,
-            host,
-            limit,
-        )),
+        Arc::new(KvmPersonality::new(FeatureSet::empty(), false, vcpus, host, limit)),
         &policy,
     )?;
     let rows = probe.rows();
     let permitted = |number: u64| rows.iter().any(|r| r.number == number && r.permitted);
-    let backing = Backing {
-        host,
-        hypercalls_enabled: policy.hypercalls_enabled,
-        permitted: &permitted,
-    };
-    let features =
-        features::select(config.kvm.features.as_deref(), &backing).map_err(|message| {
-            BuildError::Unbacked {
-                section: "kvm",
-                message,
-            }
-        })?;
+    let backing =
+        Backing { host, hypercalls_enabled: policy.hypercalls_enabled, permitted: &permitted };
+    let features = features::select(config.kvm.features.as_deref(), &backing)
+        .map_err(|message| BuildError::Unbacked { section: "kvm", message })?;
     let kvm = KvmPersonality::new(features, config.kvm.hints_realtime, vcpus, host, limit);
     Ok(Arc::new(Engine::new(Arc::new(kvm), &policy)?))
 }

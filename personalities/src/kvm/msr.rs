@@ -120,11 +120,7 @@ impl KvmClock {
         let reference = self.reference(platform);
         // PVCLOCK_GUEST_STOPPED belongs to the guest once set; keep it (kvm_setup_guest_pvclock).
         let stopped = pvclock::guest_flags(memory, gpa).unwrap_or(0) & abi::PVCLOCK_GUEST_STOPPED;
-        let stable = if old_msr {
-            0
-        } else {
-            abi::PVCLOCK_TSC_STABLE_BIT
-        };
+        let stable = if old_msr { 0 } else { abi::PVCLOCK_TSC_STABLE_BIT };
         let mut bytes = PvclockVcpuTimeInfo {
             version: 0,
             tsc_timestamp: reference.tsc,
@@ -141,21 +137,13 @@ impl KvmClock {
     /// page. KVM accepts any address and silently leaves the clock off when it is not RAM;
     /// so does this.
     fn write_system_time(&self, ctx: &MsrContext<'_>, value: u64, old_msr: bool) -> MsrWrite {
-        let Some(v) = usize::try_from(ctx.vcpu)
-            .ok()
-            .and_then(|i| self.vcpus.get(i))
-        else {
+        let Some(v) = usize::try_from(ctx.vcpu).ok().and_then(|i| self.vcpus.get(i)) else {
             return MsrWrite::Gp;
         };
         v.system_time.store(value, Ordering::Release);
         v.old_msr.store(old_msr, Ordering::Release);
         if value & abi::KVM_MSR_ENABLED != 0 {
-            self.write_time_info(
-                value & !abi::KVM_MSR_ENABLED,
-                old_msr,
-                ctx.memory,
-                ctx.platform,
-            );
+            self.write_time_info(value & !abi::KVM_MSR_ENABLED, old_msr, ctx.memory, ctx.platform);
         }
         MsrWrite::Done
     }
@@ -192,9 +180,7 @@ impl KvmPersonality {
     /// offer the MSR's feature.
     pub(super) fn read_kvm_msr(&self, ctx: &MsrContext<'_>, msr: u32) -> MsrRead {
         let clock = &self.clock;
-        let per_vcpu = usize::try_from(ctx.vcpu)
-            .ok()
-            .and_then(|i| clock.vcpus.get(i));
+        let per_vcpu = usize::try_from(ctx.vcpu).ok().and_then(|i| clock.vcpus.get(i));
         let value = match msr {
             abi::MSR_KVM_WALL_CLOCK if self.has(KvmFeature::Clocksource) => {
                 Some(clock.wall_clock.load(Ordering::Acquire))
@@ -235,10 +221,7 @@ impl KvmPersonality {
             }
             // "only enable bit supported" (kvm_set_msr_common).
             abi::MSR_KVM_POLL_CONTROL if self.has(KvmFeature::PollControl) => {
-                match usize::try_from(ctx.vcpu)
-                    .ok()
-                    .and_then(|i| clock.vcpus.get(i))
-                {
+                match usize::try_from(ctx.vcpu).ok().and_then(|i| clock.vcpus.get(i)) {
                     Some(v) if value & !1 == 0 => {
                         v.poll_control.store(value, Ordering::Release);
                         MsrWrite::Done
@@ -253,7 +236,5 @@ impl KvmPersonality {
 }
 
 fn is_ours(msr: u32) -> bool {
-    MSR_RANGES
-        .iter()
-        .any(|(first, last)| (*first..=*last).contains(&msr))
+    MSR_RANGES.iter().any(|(first, last)| (*first..=*last).contains(&msr))
 }

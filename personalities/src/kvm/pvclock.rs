@@ -62,10 +62,7 @@ impl TimeScale {
         let mul = (u128::from(scaled64) << 32)
             .checked_div(u128::from(tps32))
             .and_then(|q| u32::try_from(q).ok())?;
-        Some(TimeScale {
-            mul,
-            shift: i8::try_from(shift).ok()?,
-        })
+        Some(TimeScale { mul, shift: i8::try_from(shift).ok()? })
     }
 
     /// The conversion kvmclock needs for a TSC of `tsc_khz`: TSC ticks to nanoseconds.
@@ -98,8 +95,7 @@ pub struct ClockReference {
 impl ClockReference {
     /// kvmclock time at guest TSC `tsc`, as the guest would compute it.
     pub fn at(self, scale: TimeScale, tsc: u64) -> u64 {
-        self.ns
-            .wrapping_add(scale.scale(tsc.saturating_sub(self.tsc)))
+        self.ns.wrapping_add(scale.scale(tsc.saturating_sub(self.tsc)))
     }
 }
 
@@ -151,12 +147,8 @@ impl PvclockVcpuTimeInfo {
 
     /// What a guest reading this structure computes at TSC `tsc`.
     pub fn guest_time(&self, tsc: u64) -> u64 {
-        let scale = TimeScale {
-            mul: self.tsc_to_system_mul,
-            shift: self.tsc_shift,
-        };
-        self.system_time
-            .wrapping_add(scale.scale(tsc.wrapping_sub(self.tsc_timestamp)))
+        let scale = TimeScale { mul: self.tsc_to_system_mul, shift: self.tsc_shift };
+        self.system_time.wrapping_add(scale.scale(tsc.wrapping_sub(self.tsc_timestamp)))
     }
 }
 
@@ -229,16 +221,12 @@ pub fn publish(memory: &GuestMemoryMmap, gpa: u64, bytes: &mut [u8]) -> Result<u
     }
     let odd = version.wrapping_add(1);
     let even = odd.wrapping_add(1);
-    memory
-        .write_slice(&odd.to_le_bytes(), addr)
-        .map_err(|_| BadAddress)?;
+    memory.write_slice(&odd.to_le_bytes(), addr).map_err(|_| BadAddress)?;
     fence(Ordering::Release);
     put(bytes, 0, &odd.to_le_bytes());
     memory.write_slice(bytes, addr).map_err(|_| BadAddress)?;
     fence(Ordering::Release);
-    memory
-        .write_slice(&even.to_le_bytes(), addr)
-        .map_err(|_| BadAddress)?;
+    memory.write_slice(&even.to_le_bytes(), addr).map_err(|_| BadAddress)?;
     Ok(even)
 }
 
@@ -268,24 +256,15 @@ mod tests {
         // 2.5 GHz one right shift and 0.8; 3 GHz one right shift and 2/3.
         assert_eq!(
             TimeScale::for_tsc_khz(1_000_000),
-            Some(TimeScale {
-                mul: 0x8000_0000,
-                shift: 1
-            })
+            Some(TimeScale { mul: 0x8000_0000, shift: 1 })
         );
         assert_eq!(
             TimeScale::for_tsc_khz(2_500_000),
-            Some(TimeScale {
-                mul: 0xcccc_cccc,
-                shift: -1
-            })
+            Some(TimeScale { mul: 0xcccc_cccc, shift: -1 })
         );
         assert_eq!(
             TimeScale::for_tsc_khz(3_000_000),
-            Some(TimeScale {
-                mul: 0xaaaa_aaaa,
-                shift: -1
-            })
+            Some(TimeScale { mul: 0xaaaa_aaaa, shift: -1 })
         );
     }
 
@@ -323,11 +302,7 @@ mod tests {
     fn zero_rates_have_no_scale() {
         assert_eq!(TimeScale::new(NSEC_PER_SEC, 0), None);
         assert_eq!(TimeScale::new(0, 1), None);
-        assert_eq!(
-            TimeScale::for_tsc_khz(u64::MAX),
-            None,
-            "kHz * 1000 overflows"
-        );
+        assert_eq!(TimeScale::for_tsc_khz(u64::MAX), None, "kHz * 1000 overflows");
     }
 
     #[test]
@@ -382,12 +357,7 @@ mod tests {
     #[test]
     fn publish_follows_the_version_protocol() {
         let mem = memory(0x2000);
-        let mut bytes = PvclockWallClock {
-            version: 0,
-            sec: 7,
-            nsec: 9,
-        }
-        .to_bytes();
+        let mut bytes = PvclockWallClock { version: 0, sec: 7, nsec: 9 }.to_bytes();
         assert_eq!(publish(&mem, 0x100, &mut bytes), Ok(2));
         assert_eq!(publish(&mem, 0x100, &mut bytes), Ok(4));
         // An odd version left by the guest is junk: step over it.

@@ -55,10 +55,7 @@ struct Vm {
 
 impl Vm {
     fn new(vcpus: u32) -> Self {
-        Vm {
-            mem: memory(0x10_0000),
-            platform: RecordingPlatform::new(vcpus),
-        }
+        Vm { mem: memory(0x10_0000), platform: RecordingPlatform::new(vcpus) }
     }
 }
 
@@ -94,11 +91,7 @@ fn hc(e: &Engine<KvmPersonality>, vm: &Vm, nr: u64, args: [u64; 4]) -> u64 {
 }
 
 fn rax(o: &Outcome) -> u64 {
-    assert_eq!(
-        o.next,
-        Next::Advance,
-        "KVM always completes the instruction"
-    );
+    assert_eq!(o.next, Next::Advance, "KVM always completes the instruction");
     assert_eq!(o.writes.iter().count(), 1, "only RAX changes: {o:?}");
     o.writes.get(Gpr::Rax).unwrap()
 }
@@ -151,6 +144,24 @@ fn cpuid_signature_and_default_features() {
 }
 
 #[test]
+fn cpuid_is_explained_bit_by_bit() {
+    let mut c = config(None);
+    c.kvm.hints_realtime = true;
+    let e = engine_with(&c, &HostFacts::nominal());
+    let leaves = e.cpuid(0);
+    let sig = e.explain_cpuid(&leaves[0]).join("\n");
+    assert!(sig.contains("KVMKVMKVM") && sig.contains("0x40000001"), "{sig}");
+    let lines = e.explain_cpuid(&leaves[1]);
+    assert_eq!(lines.len(), DEFAULT_FEATURES.len() + 1, "{lines:#?}");
+    assert!(lines[2].contains("bit  3 KVM_FEATURE_CLOCKSOURCE2: kvmclock"), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("KVM_FEATURE_PV_SEND_IPI: KVM_HC_SEND_IPI")));
+    assert!(lines.iter().any(|l| l.contains("bit 24 KVM_FEATURE_CLOCKSOURCE_STABLE_BIT")));
+    assert!(lines.last().unwrap().contains("KVM_HINTS_REALTIME"));
+    let none = engine_with(&config(Some(vec![])), &HostFacts::nominal());
+    assert_eq!(none.explain_cpuid(&none.cpuid(0)[1]), vec!["EAX = 0: no paravirtual features"]);
+}
+
+#[test]
 fn hints_realtime_sets_edx_bit_0() {
     let mut c = config(None);
     c.kvm.hints_realtime = true;
@@ -173,23 +184,11 @@ fn configured_features_are_exactly_advertised() {
 
 #[test]
 fn kvmclock_needs_a_known_stable_tsc() {
-    let clock = [
-        KvmFeature::Clocksource,
-        KvmFeature::Clocksource2,
-        KvmFeature::ClocksourceStableBit,
-    ];
-    let no_khz = HostFacts {
-        tsc_khz: None,
-        ..HostFacts::nominal()
-    };
-    let zero_khz = HostFacts {
-        tsc_khz: Some(0),
-        ..HostFacts::nominal()
-    };
-    let unstable = HostFacts {
-        stable_tsc: false,
-        ..HostFacts::nominal()
-    };
+    let clock =
+        [KvmFeature::Clocksource, KvmFeature::Clocksource2, KvmFeature::ClocksourceStableBit];
+    let no_khz = HostFacts { tsc_khz: None, ..HostFacts::nominal() };
+    let zero_khz = HostFacts { tsc_khz: Some(0), ..HostFacts::nominal() };
+    let unstable = HostFacts { stable_tsc: false, ..HostFacts::nominal() };
     for (host, why) in [
         (no_khz, "does not report it"),
         (zero_khz, "does not report it"),
@@ -225,10 +224,7 @@ fn unbacked_features_are_refused_with_their_reason() {
         let message = unbacked(&config(Some(vec![f])), &HostFacts::nominal());
         assert!(message.contains(&format!("{f}: ")), "{message}");
         assert!(message.contains(why), "{f}: {message}");
-        let err = build(&config(Some(vec![f])), &HostFacts::nominal())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = build(&config(Some(vec![f])), &HostFacts::nominal()).err().unwrap().to_string();
         assert!(err.starts_with("[kvm] "), "{err}");
     }
     // Several at once are all named.
@@ -271,10 +267,7 @@ fn hypercall_features_follow_the_policy() {
     let mut allow = config(None);
     allow.hypervisor.allow = Some(vec![Selector(CallSelector::Number(KVM_HC_KICK_CPU))]);
     let e = engine_with(&allow, &HostFacts::nominal());
-    assert_eq!(
-        e.cpuid(0)[1].eax & feature_bits(&calls),
-        feature_bits(&[KvmFeature::PvUnhalt])
-    );
+    assert_eq!(e.cpuid(0)[1].eax & feature_bits(&calls), feature_bits(&[KvmFeature::PvUnhalt]));
 }
 
 #[test]
@@ -295,10 +288,8 @@ fn build_through_the_crate_entry_point() {
 #[test]
 fn table_rows_are_kernel_only_and_named_as_the_header() {
     let rows = engine().rows();
-    let names: Vec<(u64, &str, bool)> = rows
-        .iter()
-        .map(|r| (r.number, r.name, r.implemented))
-        .collect();
+    let names: Vec<(u64, &str, bool)> =
+        rows.iter().map(|r| (r.number, r.name, r.implemented)).collect();
     assert_eq!(
         names,
         vec![
@@ -376,10 +367,7 @@ fn denied_calls_get_eperm() {
     let e = engine_with(&c, &HostFacts::nominal());
     let vm = Vm::new(4);
     assert_eq!(hc(&e, &vm, KVM_HC_VAPIC_POLL_IRQ, [0; 4]), err(KVM_EPERM));
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [0x1000, 0, 0, 0]),
-        err(KVM_EPERM)
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [0x1000, 0, 0, 0]), err(KVM_EPERM));
     assert_eq!(vm.mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0);
     assert_eq!(e.rows()[0].counters.denied, 1);
 }
@@ -414,11 +402,7 @@ fn thirty_two_bit_callers_have_32_bit_numbers_and_results() {
     for mode in [CpuMode::Protected32, CpuMode::Real] {
         assert_eq!(rax(&hc_full(&e, &vm, 0, 0, mode, nr, [0; 4])), 0);
         // Errors come back as 32-bit negative numbers.
-        assert_eq!(
-            rax(&hc_full(&e, &vm, 0, 0, mode, 77, [0; 4])),
-            0xffff_fc18,
-            "-KVM_ENOSYS"
-        );
+        assert_eq!(rax(&hc_full(&e, &vm, 0, 0, mode, 77, [0; 4])), 0xffff_fc18, "-KVM_ENOSYS");
     }
 }
 
@@ -439,26 +423,12 @@ fn vapic_poll_irq_returns_zero() {
 fn kick_cpu_wakes_the_target_and_yields_to_it() {
     let e = engine();
     let vm = Vm::new(4);
-    let o = hc_full(
-        &e,
-        &vm,
-        1,
-        0,
-        CpuMode::Long64,
-        KVM_HC_KICK_CPU,
-        [0, 2, 0, 0],
-    );
+    let o = hc_full(&e, &vm, 1, 0, CpuMode::Long64, KVM_HC_KICK_CPU, [0, 2, 0, 0]);
     assert_eq!(rax(&o), 0);
-    assert_eq!(
-        vm.platform.take(),
-        vec![Effect::Wake(2), Effect::Yield(1, Some(2))]
-    );
+    assert_eq!(vm.platform.take(), vec![Effect::Wake(2), Effect::Yield(1, Some(2))]);
     // a0 (flags) is reserved and ignored.
     assert_eq!(hc(&e, &vm, KVM_HC_KICK_CPU, [u64::MAX, 3, 0, 0]), 0);
-    assert_eq!(
-        vm.platform.take(),
-        vec![Effect::Wake(3), Effect::Yield(0, Some(3))]
-    );
+    assert_eq!(vm.platform.take(), vec![Effect::Wake(3), Effect::Yield(0, Some(3))]);
 }
 
 #[test]
@@ -476,20 +446,9 @@ fn kick_cpu_edge_targets() {
     assert_eq!(hc(&e, &vm, KVM_HC_KICK_CPU, [0, 0x1_0000_0002, 0, 0]), 0);
     assert_eq!(vm.platform.take(), vec![Effect::Wake(2)]);
     // A 32-bit caller's a1 is truncated before anything else.
-    let o = hc_full(
-        &e,
-        &vm,
-        0,
-        0,
-        CpuMode::Protected32,
-        KVM_HC_KICK_CPU,
-        [0, 0x1_0000_0002, 0, 0],
-    );
+    let o = hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_KICK_CPU, [0, 0x1_0000_0002, 0, 0]);
     assert_eq!(rax(&o), 0);
-    assert_eq!(
-        vm.platform.take(),
-        vec![Effect::Wake(2), Effect::Yield(0, Some(2))]
-    );
+    assert_eq!(vm.platform.take(), vec![Effect::Wake(2), Effect::Yield(0, Some(2))]);
 }
 
 // ---------------------------------------------------------------------- SEND_IPI
@@ -500,36 +459,18 @@ const FIXED: u64 = APIC_DM_FIXED;
 fn send_ipi_delivers_the_vector_to_every_addressed_vcpu() {
     let e = engine();
     let vm = Vm::new(4);
-    let o = hc_full(
-        &e,
-        &vm,
-        0,
-        0,
-        CpuMode::Long64,
-        KVM_HC_SEND_IPI,
-        [0b1110, 0, 0, FIXED | 0xf3],
-    );
+    let o = hc_full(&e, &vm, 0, 0, CpuMode::Long64, KVM_HC_SEND_IPI, [0b1110, 0, 0, FIXED | 0xf3]);
     assert_eq!(rax(&o), 3);
     assert_eq!(
         vm.platform.take(),
-        vec![
-            Effect::Interrupt(1, 0xf3),
-            Effect::Interrupt(2, 0xf3),
-            Effect::Interrupt(3, 0xf3)
-        ]
+        vec![Effect::Interrupt(1, 0xf3), Effect::Interrupt(2, 0xf3), Effect::Interrupt(3, 0xf3)]
     );
     // From the lowest id a2, including the sender itself; absent ids are skipped.
     assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [0b1111, 0, 2, 0x40]), 2);
-    assert_eq!(
-        vm.platform.take(),
-        vec![Effect::Interrupt(2, 0x40), Effect::Interrupt(3, 0x40)]
-    );
+    assert_eq!(vm.platform.take(), vec![Effect::Interrupt(2, 0x40), Effect::Interrupt(3, 0x40)]);
     // Nobody addressed, or a2 beyond every APIC id.
     assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [0, 0, 0, 0x40]), 0);
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_SEND_IPI, [u64::MAX, u64::MAX, 1000, 0x40]),
-        0
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [u64::MAX, u64::MAX, 1000, 0x40]), 0);
     assert!(vm.platform.take().is_empty());
 }
 
@@ -545,20 +486,13 @@ fn send_ipi_cluster_is_64_in_long_mode_and_32_otherwise() {
     assert_eq!(effects[0], Effect::Interrupt(0, 0x30));
     assert_eq!(effects[1], Effect::Interrupt(32, 0x30));
     assert_eq!(effects[32], Effect::Interrupt(63, 0x30));
-    assert_eq!(
-        &effects[33..],
-        &[Effect::Interrupt(64, 0x30), Effect::Interrupt(66, 0x30)]
-    );
+    assert_eq!(&effects[33..], &[Effect::Interrupt(64, 0x30), Effect::Interrupt(66, 0x30)]);
     // 32-bit: each word holds 32 ids (the high half is truncated away) and a1 starts at 32.
     let o = hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_SEND_IPI, args);
     assert_eq!(rax(&o), 3);
     assert_eq!(
         vm.platform.take(),
-        vec![
-            Effect::Interrupt(0, 0x30),
-            Effect::Interrupt(32, 0x30),
-            Effect::Interrupt(34, 0x30)
-        ]
+        vec![Effect::Interrupt(0, 0x30), Effect::Interrupt(32, 0x30), Effect::Interrupt(34, 0x30)]
     );
     // a2 too is truncated for a 32-bit caller.
     let o = hc_full(
@@ -582,10 +516,7 @@ fn send_ipi_lowest_id_is_a_u32_that_wraps_as_in_kvm() {
     assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [1, 0, 0x7_0000_0009, 0x30]), 1);
     assert_eq!(vm.platform.take(), vec![Effect::Interrupt(9, 0x30)]);
     // ... and `min += cluster_size` wraps: 0xfffffff0 + 64 = 0x30.
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_SEND_IPI, [1, 1 << 4, 0xffff_fff0, 0x30]),
-        1
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [1, 1 << 4, 0xffff_fff0, 0x30]), 1);
     assert_eq!(vm.platform.take(), vec![Effect::Interrupt(0x34, 0x30)]);
 }
 
@@ -599,27 +530,13 @@ fn send_ipi_refuses_logical_mode_and_shorthands() {
         0x8_0000 | 0x30, // all including self
         0xc_0000 | 0x30, // all excluding self
     ] {
-        assert_eq!(
-            hc(&e, &vm, KVM_HC_SEND_IPI, [0b11, 0, 0, icr]),
-            err(KVM_EINVAL)
-        );
-        let o = hc_full(
-            &e,
-            &vm,
-            0,
-            0,
-            CpuMode::Protected32,
-            KVM_HC_SEND_IPI,
-            [1, 0, 0, icr],
-        );
+        assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [0b11, 0, 0, icr]), err(KVM_EINVAL));
+        let o = hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_SEND_IPI, [1, 0, 0, icr]);
         assert_eq!(rax(&o), err32(KVM_EINVAL));
     }
     assert!(vm.platform.take().is_empty());
     // The ICR's high half (xAPIC destination field) is not checked.
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_SEND_IPI, [1, 0, 0, 0xff00_0000_0000_0030]),
-        1
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_SEND_IPI, [1, 0, 0, 0xff00_0000_0000_0030]), 1);
 }
 
 #[test]
@@ -629,10 +546,7 @@ fn send_ipi_delivery_modes() {
     let send = |icr: u64| hc(&e, &vm, KVM_HC_SEND_IPI, [0b110, 0, 0, icr]);
     // Lowest priority is delivered like fixed.
     assert_eq!(send(APIC_DM_LOWEST | 0x51), 2);
-    assert_eq!(
-        vm.platform.take(),
-        vec![Effect::Interrupt(1, 0x51), Effect::Interrupt(2, 0x51)]
-    );
+    assert_eq!(vm.platform.take(), vec![Effect::Interrupt(1, 0x51), Effect::Interrupt(2, 0x51)]);
     // Level-triggered: delivered when asserted, dropped when deasserted.
     assert_eq!(send(APIC_INT_LEVELTRIG | APIC_INT_ASSERT | 0x52), 2);
     assert_eq!(vm.platform.take().len(), 2);
@@ -644,13 +558,7 @@ fn send_ipi_delivery_modes() {
     assert_eq!(send(APIC_DM_REMRD), 2);
     assert_eq!(vm.platform.take(), vec![Effect::Wake(1), Effect::Wake(2)]);
     // What the platform cannot deliver is not counted.
-    for mode in [
-        APIC_DM_SMI,
-        APIC_DM_NMI,
-        APIC_DM_INIT,
-        APIC_DM_STARTUP,
-        APIC_DM_EXTINT,
-    ] {
+    for mode in [APIC_DM_SMI, APIC_DM_NMI, APIC_DM_INIT, APIC_DM_STARTUP, APIC_DM_EXTINT] {
         assert_eq!(send(mode | 0x99), 0, "mode {mode:#x}");
     }
     assert!(vm.platform.take().is_empty());
@@ -729,11 +637,7 @@ fn apic_ids_go_through_the_platform() {
     assert_eq!(call(0, KVM_HC_SEND_IPI, [bitmap, 0, 0, 0x61]), 3);
     assert_eq!(
         p.0.take(),
-        vec![
-            Effect::Interrupt(0, 0x61),
-            Effect::Interrupt(1, 0x61),
-            Effect::Interrupt(3, 0x61)
-        ]
+        vec![Effect::Interrupt(0, 0x61), Effect::Interrupt(1, 0x61), Effect::Interrupt(3, 0x61)]
     );
     assert_eq!(call(1, KVM_HC_KICK_CPU, [0, 30, 0, 0]), 0);
     assert_eq!(p.0.take(), vec![Effect::Wake(3), Effect::Yield(1, Some(3))]);
@@ -750,15 +654,7 @@ fn apic_ids_go_through_the_platform() {
 fn sched_yield_yields_to_the_named_vcpu() {
     let e = engine();
     let vm = Vm::new(4);
-    let o = hc_full(
-        &e,
-        &vm,
-        2,
-        0,
-        CpuMode::Long64,
-        KVM_HC_SCHED_YIELD,
-        [3, 0, 0, 0],
-    );
+    let o = hc_full(&e, &vm, 2, 0, CpuMode::Long64, KVM_HC_SCHED_YIELD, [3, 0, 0, 0]);
     assert_eq!(rax(&o), 0);
     assert_eq!(vm.platform.take(), vec![Effect::Yield(2, Some(3))]);
     // Unknown, self, or beyond 32 bits: no yield, still 0 (kvm_sched_yield).
@@ -767,15 +663,8 @@ fn sched_yield_yields_to_the_named_vcpu() {
     }
     assert!(vm.platform.take().is_empty());
     // 32-bit: a0 truncated.
-    let o = hc_full(
-        &e,
-        &vm,
-        0,
-        0,
-        CpuMode::Protected32,
-        KVM_HC_SCHED_YIELD,
-        [0x1_0000_0001, 0, 0, 0],
-    );
+    let o =
+        hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_SCHED_YIELD, [0x1_0000_0001, 0, 0, 0]);
     assert_eq!(rax(&o), 0);
     assert_eq!(vm.platform.take(), vec![Effect::Yield(0, Some(1))]);
 }
@@ -796,9 +685,7 @@ fn clock_pairing_writes_wall_clock_and_tsc() {
     let e = engine();
     let vm = Vm::new(4);
     vm.platform.now_ns.store(123_456_789, Ordering::Relaxed);
-    vm.mem
-        .write_slice(&[0xff; 64], GuestAddress(0x2000))
-        .unwrap();
+    vm.mem.write_slice(&[0xff; 64], GuestAddress(0x2000)).unwrap();
     assert_eq!(hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [0x2000, 0, 0, 0]), 0);
     let (sec, nsec, tsc, rest) = read_pairing(&vm.mem, 0x2000);
     assert_eq!((sec, nsec, tsc), (1_700_000_000, 0, 123_456_789));
@@ -842,30 +729,17 @@ fn clock_pairing_errors() {
     );
     assert_eq!(rax(&o), 0);
     assert_eq!(read_pairing(&vm.mem, 0x4000).0, 1_700_000_000);
-    let o = hc_full(
-        &e,
-        &vm,
-        0,
-        0,
-        CpuMode::Protected32,
-        KVM_HC_CLOCK_PAIRING,
-        [0xffff_fff0, 0, 0, 0],
-    );
+    let o =
+        hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_CLOCK_PAIRING, [0xffff_fff0, 0, 0, 0]);
     assert_eq!(rax(&o), err32(KVM_EFAULT));
 }
 
 #[test]
 fn clock_pairing_needs_a_stable_tsc() {
-    let host = HostFacts {
-        stable_tsc: false,
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { stable_tsc: false, ..HostFacts::nominal() };
     let e = engine_with(&config(None), &host);
     let vm = Vm::new(4);
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [0x2000, 0, 0, 0]),
-        err(KVM_EOPNOTSUPP)
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [0x2000, 0, 0, 0]), err(KVM_EOPNOTSUPP));
     assert_eq!(vm.mem.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 0);
 }
 
@@ -877,10 +751,7 @@ const SZ_1G: u64 = KVM_MAP_GPA_RANGE_PAGE_SZ_1G;
 
 /// A VM with 4 GiB + 2 MiB of (sparse, never touched) RAM, so 1G pages fit.
 fn big_vm() -> Vm {
-    Vm {
-        mem: memory((4 << 30) + (2 << 20)),
-        platform: RecordingPlatform::new(4),
-    }
+    Vm { mem: memory((4 << 30) + (2 << 20)), platform: RecordingPlatform::new(4) }
 }
 
 #[test]
@@ -925,11 +796,7 @@ fn map_gpa_range_validation_table() {
     ];
     for (what, gpa, npages, attrs, answer) in table {
         let want = if *answer == 0 { 0 } else { err(*answer) };
-        assert_eq!(
-            hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [*gpa, *npages, *attrs, 0]),
-            want,
-            "{what}"
-        );
+        assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [*gpa, *npages, *attrs, 0]), want, "{what}");
     }
     assert!(vm.platform.take().is_empty());
 }
@@ -950,16 +817,29 @@ fn map_gpa_range_records_and_answers_queries() {
     assert_eq!(kvm.gpa_ranges().len(), 3);
     let report = kvm.gpa_map_report();
     assert!(report.starts_with("KVM_HC_MAP_GPA_RANGE: 3 range(s) declared (at most 4096)"));
-    assert!(
-        report.contains("0x000000005000-0x000000006fff plaintext, 4K pages"),
-        "{report}"
-    );
+    assert!(report.contains("0x000000005000-0x000000006fff plaintext, 4K pages"), "{report}");
     // Failed calls change nothing.
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x5000, 1, 1 << 5, 0]),
-        err(KVM_EINVAL)
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x5000, 1, 1 << 5, 0]), err(KVM_EINVAL));
     assert!(!kvm.gpa_attributes(0x5000).unwrap().encrypted());
+}
+
+#[test]
+fn the_end_of_vm_report_lists_the_map() {
+    let mut c = config(None);
+    c.kvm.max_gpa_ranges = 100;
+    let e = engine_with(&c, &HostFacts::nominal());
+    let d: Arc<dyn Dispatch> = e.clone();
+    assert!(d.report().is_empty(), "nothing declared, nothing to say");
+    let vm = Vm::new(4);
+    for i in 0..40 {
+        assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [i * 0x2000, 1, ENC, 0]), 0);
+    }
+    let report = d.report();
+    assert_eq!(report[0], "kvm: KVM_HC_MAP_GPA_RANGE map holds 40 range(s) (at most 100)");
+    assert_eq!(report[1], "kvm: 0x000000000000-0x000000000fff encrypted, 4K pages");
+    assert_eq!(report.len(), 1 + 32 + 1);
+    assert_eq!(report[33], "kvm: ... 8 more");
+    assert_eq!(e.personality().gpa_map_report().lines().count(), 41);
 }
 
 #[test]
@@ -974,25 +854,12 @@ fn map_gpa_range_32_bit_callers() {
         0,
         CpuMode::Protected32,
         KVM_HC_MAP_GPA_RANGE,
-        [
-            0xffff_0000_0000_8000,
-            0x1_0000_0001,
-            0x8000_0000_0000_0010,
-            0,
-        ],
+        [0xffff_0000_0000_8000, 0x1_0000_0001, 0x8000_0000_0000_0010, 0],
     );
     assert_eq!(rax(&o), 0);
     assert!(e.personality().gpa_attributes(0x8000).unwrap().encrypted());
     assert_eq!(e.personality().gpa_attributes(0x9000), None);
-    let o = hc_full(
-        &e,
-        &vm,
-        0,
-        0,
-        CpuMode::Protected32,
-        KVM_HC_MAP_GPA_RANGE,
-        [0x8001, 1, 0, 0],
-    );
+    let o = hc_full(&e, &vm, 0, 0, CpuMode::Protected32, KVM_HC_MAP_GPA_RANGE, [0x8001, 1, 0, 0]);
     assert_eq!(rax(&o), err32(KVM_EINVAL));
 }
 
@@ -1004,10 +871,7 @@ fn map_gpa_range_full_map_is_e2big() {
     let vm = Vm::new(4);
     assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x0000, 1, ENC, 0]), 0);
     assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x2000, 1, ENC, 0]), 0);
-    assert_eq!(
-        hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x4000, 1, ENC, 0]),
-        err(KVM_E2BIG)
-    );
+    assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x4000, 1, ENC, 0]), err(KVM_E2BIG));
     assert_eq!(e.personality().gpa_attributes(0x4000), None);
     // Filling the hole merges and frees room.
     assert_eq!(hc(&e, &vm, KVM_HC_MAP_GPA_RANGE, [0x1000, 1, ENC, 0]), 0);
@@ -1027,11 +891,7 @@ struct Clock {
 
 impl Clock {
     fn new(khz: u64) -> Self {
-        Clock {
-            inner: RecordingPlatform::new(4),
-            khz,
-            tsc_base: AtomicU64::new(0),
-        }
+        Clock { inner: RecordingPlatform::new(4), khz, tsc_base: AtomicU64::new(0) }
     }
     fn set_ns(&self, ns: u64) {
         self.inner.now_ns.store(ns, Ordering::Relaxed);
@@ -1062,10 +922,7 @@ impl Platform for Clock {
     }
     fn wall_clock(&self) -> (i64, u32) {
         let ns = self.monotonic_ns();
-        (
-            1_700_000_000 + (ns / 1_000_000_000) as i64,
-            (ns % 1_000_000_000) as u32,
-        )
+        (1_700_000_000 + (ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32)
     }
     fn guest_tsc(&self) -> u64 {
         let ticks = u128::from(self.monotonic_ns()) * u128::from(self.khz) / 1_000_000;
@@ -1086,19 +943,12 @@ impl Platform for Clock {
 }
 
 fn clock_engine(khz: u64) -> Arc<Engine<KvmPersonality>> {
-    let host = HostFacts {
-        tsc_khz: Some(khz),
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { tsc_khz: Some(khz), ..HostFacts::nominal() };
     engine_with(&config(None), &host)
 }
 
 fn ctx<'a>(vcpu: u32, mem: &'a GuestMemoryMmap, p: &'a dyn Platform) -> MsrContext<'a> {
-    MsrContext {
-        vcpu,
-        memory: mem,
-        platform: p,
-    }
+    MsrContext { vcpu, memory: mem, platform: p }
 }
 
 fn time_info(mem: &GuestMemoryMmap, gpa: u64) -> PvclockVcpuTimeInfo {
@@ -1115,10 +965,7 @@ fn wall_clock(mem: &GuestMemoryMmap, gpa: u64) -> PvclockWallClock {
 
 #[test]
 fn msr_ranges_cover_kvms_range_and_the_old_clock() {
-    assert_eq!(
-        engine().msr_ranges(),
-        vec![(0x11, 0x12), (0x4b56_4d00, 0x4b56_4dff)]
-    );
+    assert_eq!(engine().msr_ranges(), vec![(0x11, 0x12), (0x4b56_4d00, 0x4b56_4dff)]);
 }
 
 #[test]
@@ -1128,42 +975,27 @@ fn system_time_new_fills_the_vcpu_page() {
     let p = Clock::new(1_000_000);
     p.set_ns(5_000_000_000);
     let c = ctx(1, &mem, &p);
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000 | 1), MsrWrite::Done);
     let info = time_info(&mem, 0x2000);
     assert_eq!(info.version, 2, "even after the update");
     assert_eq!(info.tsc_timestamp, 5_000_000_000);
     assert_eq!(info.system_time, 5_000_000_000);
     assert_eq!((info.tsc_to_system_mul, info.tsc_shift), (0x8000_0000, 1));
     assert_eq!(info.flags, PVCLOCK_TSC_STABLE_BIT);
-    assert_eq!(
-        e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW),
-        MsrRead::Value(0x2001)
-    );
+    assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(0x2001));
     assert_eq!(e.personality().kvmclock_msr(1), Some(0x2001));
     // Other vCPUs have their own MSR.
-    assert_eq!(
-        e.read_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW),
-        MsrRead::Value(0)
-    );
+    assert_eq!(e.read_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(0));
     // Later the guest's formula gives the platform's time.
     p.set_ns(7_500_000_123);
     assert_eq!(info.guest_time(p.guest_tsc()), 7_500_000_123);
     assert_eq!(e.personality().kvmclock_now(&p), Some(7_500_000_123));
     // Registering again (or a refresh) bumps the version by two.
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000 | 1), MsrWrite::Done);
     assert_eq!(time_info(&mem, 0x2000).version, 4);
     assert!(e.personality().refresh_kvmclock(1, &mem, &p));
     assert_eq!(time_info(&mem, 0x2000).version, 6);
-    assert!(
-        !e.personality().refresh_kvmclock(0, &mem, &p),
-        "not enabled"
-    );
+    assert!(!e.personality().refresh_kvmclock(0, &mem, &p), "not enabled");
     assert!(!e.personality().refresh_kvmclock(99, &mem, &p));
 }
 
@@ -1178,10 +1010,7 @@ fn all_vcpus_share_one_reference() {
     p.set_ns(9_000_000);
     e.write_msr(&ctx(3, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x1040 | 1);
     let (a, b) = (time_info(&mem, 0x1000), time_info(&mem, 0x1040));
-    assert_eq!(
-        (a.tsc_timestamp, a.system_time),
-        (b.tsc_timestamp, b.system_time)
-    );
+    assert_eq!((a.tsc_timestamp, a.system_time), (b.tsc_timestamp, b.system_time));
     // Both read the same, monotonic time from the same TSC.
     let mut last = 0;
     for ns in [9_000_001, 10_000_000, 1_000_000_000, 3_600_000_000_000] {
@@ -1216,19 +1045,13 @@ fn old_system_time_msr_gets_no_stable_bit() {
     let mem = memory(0x10000);
     let p = Clock::new(1_000_000);
     let c = ctx(0, &mem, &p);
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME, 0x2000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME, 0x2000 | 1), MsrWrite::Done);
     let info = time_info(&mem, 0x2000);
     assert_eq!(info.version, 2);
     assert_eq!(info.flags, 0);
     // Both MSRs name the same per-vCPU value.
     assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME), MsrRead::Value(0x2001));
-    assert_eq!(
-        e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW),
-        MsrRead::Value(0x2001)
-    );
+    assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(0x2001));
 }
 
 #[test]
@@ -1238,8 +1061,7 @@ fn system_time_keeps_the_guest_stopped_flag_and_steps_over_junk() {
     let p = Clock::new(1_000_000);
     // The guest left an odd version and PVCLOCK_GUEST_STOPPED in the page.
     mem.write_obj(41u32, GuestAddress(0x2000)).unwrap();
-    mem.write_obj(PVCLOCK_GUEST_STOPPED, GuestAddress(0x2000 + 29))
-        .unwrap();
+    mem.write_obj(PVCLOCK_GUEST_STOPPED, GuestAddress(0x2000 + 29)).unwrap();
     e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x2001);
     let info = time_info(&mem, 0x2000);
     assert_eq!(info.version, 44);
@@ -1253,33 +1075,18 @@ fn system_time_disabled_or_outside_ram() {
     let p = Clock::new(1_000_000);
     let c = ctx(0, &mem, &p);
     // Without the enable bit: recorded, nothing written.
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000), MsrWrite::Done);
     assert_eq!(time_info(&mem, 0x2000), PvclockVcpuTimeInfo::default());
-    assert_eq!(
-        e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW),
-        MsrRead::Value(0x2000)
-    );
+    assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(0x2000));
     // Outside RAM, straddling its end, absurd: accepted (as KVM does), nothing written,
     // nothing breaks.
     for gpa in [0x10000, 0xfff0, !1, 0x8000_0000_0000_0000] {
-        assert_eq!(
-            e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, gpa | 1),
-            MsrWrite::Done
-        );
-        assert_eq!(
-            e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW),
-            MsrRead::Value(gpa | 1)
-        );
+        assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, gpa | 1), MsrWrite::Done);
+        assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(gpa | 1));
     }
     assert_eq!(mem.read_obj::<u64>(GuestAddress(0xfff0)).unwrap(), 0);
     // Misaligned but inside RAM: KVM takes it, so do we.
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x3003),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x3003), MsrWrite::Done);
     assert_eq!(time_info(&mem, 0x3002).version, 2);
 }
 
@@ -1297,26 +1104,14 @@ fn wall_clock_is_the_time_at_kvmclock_zero() {
         assert_eq!((wc.sec, wc.nsec), (1_700_000_000, 0));
         assert_eq!(wc.version % 2, 0);
         // Per VM: any vCPU reads it back through either MSR.
-        assert_eq!(
-            e.read_msr(&ctx(0, &mem, &p), MSR_KVM_WALL_CLOCK_NEW),
-            MsrRead::Value(0x4000)
-        );
-        assert_eq!(
-            e.read_msr(&ctx(3, &mem, &p), MSR_KVM_WALL_CLOCK),
-            MsrRead::Value(0x4000)
-        );
+        assert_eq!(e.read_msr(&ctx(0, &mem, &p), MSR_KVM_WALL_CLOCK_NEW), MsrRead::Value(0x4000));
+        assert_eq!(e.read_msr(&ctx(3, &mem, &p), MSR_KVM_WALL_CLOCK), MsrRead::Value(0x4000));
     }
     assert_eq!(wall_clock(&mem, 0x4000).version, 4);
     // GPA 0 only records; outside RAM is ignored.
     assert_eq!(e.write_msr(&c, MSR_KVM_WALL_CLOCK_NEW, 0), MsrWrite::Done);
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_WALL_CLOCK_NEW, 0xffff_fff8),
-        MsrWrite::Done
-    );
-    assert_eq!(
-        e.read_msr(&c, MSR_KVM_WALL_CLOCK_NEW),
-        MsrRead::Value(0xffff_fff8)
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_WALL_CLOCK_NEW, 0xffff_fff8), MsrWrite::Done);
+    assert_eq!(e.read_msr(&c, MSR_KVM_WALL_CLOCK_NEW), MsrRead::Value(0xffff_fff8));
 }
 
 #[test]
@@ -1343,18 +1138,10 @@ fn poll_control_msr() {
     let mem = memory(0x1000);
     let p = RecordingPlatform::new(4);
     let c = ctx(1, &mem, &p);
-    assert_eq!(
-        e.read_msr(&c, MSR_KVM_POLL_CONTROL),
-        MsrRead::Value(1),
-        "on after reset"
-    );
+    assert_eq!(e.read_msr(&c, MSR_KVM_POLL_CONTROL), MsrRead::Value(1), "on after reset");
     assert_eq!(e.write_msr(&c, MSR_KVM_POLL_CONTROL, 0), MsrWrite::Done);
     assert_eq!(e.read_msr(&c, MSR_KVM_POLL_CONTROL), MsrRead::Value(0));
-    assert_eq!(
-        e.read_msr(&ctx(0, &mem, &p), MSR_KVM_POLL_CONTROL),
-        MsrRead::Value(1),
-        "per vCPU"
-    );
+    assert_eq!(e.read_msr(&ctx(0, &mem, &p), MSR_KVM_POLL_CONTROL), MsrRead::Value(1), "per vCPU");
     for bad in [2, 3, 1 << 63] {
         assert_eq!(e.write_msr(&c, MSR_KVM_POLL_CONTROL, bad), MsrWrite::Gp);
     }
@@ -1362,31 +1149,18 @@ fn poll_control_msr() {
 
 #[test]
 fn msrs_without_their_feature_are_gp() {
-    let e = engine_with(
-        &config(Some(vec![KvmFeature::Clocksource2])),
-        &HostFacts::nominal(),
-    );
+    let e = engine_with(&config(Some(vec![KvmFeature::Clocksource2])), &HostFacts::nominal());
     let mem = memory(0x10000);
     let p = RecordingPlatform::new(4);
     let c = ctx(0, &mem, &p);
-    for msr in [
-        MSR_KVM_WALL_CLOCK,
-        MSR_KVM_SYSTEM_TIME,
-        MSR_KVM_POLL_CONTROL,
-    ] {
+    for msr in [MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_POLL_CONTROL] {
         assert_eq!(e.read_msr(&c, msr), MsrRead::Gp, "{msr:#x}");
         assert_eq!(e.write_msr(&c, msr, 0x2001), MsrWrite::Gp, "{msr:#x}");
     }
     assert_eq!(mem.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0);
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2001),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2001), MsrWrite::Done);
 
-    let e = engine_with(
-        &config(Some(vec![KvmFeature::Clocksource])),
-        &HostFacts::nominal(),
-    );
+    let e = engine_with(&config(Some(vec![KvmFeature::Clocksource])), &HostFacts::nominal());
     for msr in [MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW] {
         assert_eq!(e.read_msr(&c, msr), MsrRead::Gp, "{msr:#x}");
         assert_eq!(e.write_msr(&c, msr, 0x3001), MsrWrite::Gp, "{msr:#x}");
@@ -1425,18 +1199,12 @@ fn msr_from_an_unknown_vcpu_is_gp() {
     let mem = memory(0x10000);
     let p = RecordingPlatform::new(8);
     let c = ctx(4, &mem, &p);
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2001),
-        MsrWrite::Gp
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2001), MsrWrite::Gp);
     assert_eq!(e.read_msr(&c, MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Gp);
     assert_eq!(e.read_msr(&c, MSR_KVM_POLL_CONTROL), MsrRead::Gp);
     assert_eq!(e.write_msr(&c, MSR_KVM_POLL_CONTROL, 0), MsrWrite::Gp);
     // The wall clock is per VM.
-    assert_eq!(
-        e.write_msr(&c, MSR_KVM_WALL_CLOCK_NEW, 0x3000),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&c, MSR_KVM_WALL_CLOCK_NEW, 0x3000), MsrWrite::Done);
 }
 
 #[test]
@@ -1446,10 +1214,7 @@ fn kvmclock_msrs_work_with_hypercalls_off() {
     let e = engine_with(&c, &HostFacts::nominal());
     let mem = memory(0x10000);
     let p = Clock::new(1_000_000);
-    assert_eq!(
-        e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x2001),
-        MsrWrite::Done
-    );
+    assert_eq!(e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x2001), MsrWrite::Done);
     assert_eq!(time_info(&mem, 0x2000).version, 2);
 }
 
@@ -1460,11 +1225,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn mode() -> impl Strategy<Value = CpuMode> {
-        prop_oneof![
-            Just(CpuMode::Long64),
-            Just(CpuMode::Protected32),
-            Just(CpuMode::Real)
-        ]
+        prop_oneof![Just(CpuMode::Long64), Just(CpuMode::Protected32), Just(CpuMode::Real)]
     }
 
     proptest! {
