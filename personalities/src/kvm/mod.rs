@@ -7,8 +7,8 @@
 //!   really backs ([`features`]), chosen by `[kvm] features` or, by default, every backed
 //!   one;
 //! * the hypercalls of `include/uapi/linux/kvm_para.h` with KVM's register convention and
-//!   error answers ([`codec`], [`calls`]);
-//! * kvmclock and poll control on KVM's MSRs ([`msr`], [`pvclock`]);
+//!   error answers (`codec.rs`, `calls.rs`);
+//! * kvmclock and poll control on KVM's MSRs (`msr.rs`, [`pvclock`]);
 //! * the attribute map `KVM_HC_MAP_GPA_RANGE` keeps, per VM ([`gpa_map`]).
 
 pub mod abi;
