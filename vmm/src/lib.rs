@@ -1,5 +1,38 @@
 //! # polyvisor-vmm — the KVM backend
 //!
-//! The only crate that talks to /dev/kvm: VM and vCPU setup, boot protocols, hypercall trap
-//! strategies, devices, and the `polyvisor` command's subcommands.
+//! The only crate that talks to /dev/kvm: VM and vCPU setup, the boot protocols (ELF64 direct
+//! and PVH), hypercall trap strategies chosen by a probe VM, minimal devices, the [`Platform`]
+//! handlers use, and the library API the `polyvisor` command calls:
+//!
+//! - [`run`]: boot a configured VM and run it to its end ([`RunOptions`], [`RunReport`]);
+//! - [`host_check`]: what this host's KVM offers ([`HostReport`], printable);
+//! - [`parse_kernel`]: the pure, bounds-checked ELF reader (a fuzz target).
+//!
+//! See `docs/host-support.md` for the strategies, the host facts behind them, the boot
+//! contract and the exit-status mapping.
+//!
+//! [`Platform`]: polyvisor_core::Platform
 #![deny(missing_docs)]
+
+pub mod boot;
+pub mod cpuid;
+pub mod devices;
+pub mod end;
+pub mod exits;
+pub mod host;
+pub mod kvm;
+pub mod loader;
+pub mod memory;
+pub mod paging;
+pub mod platform;
+pub mod run;
+pub mod testing;
+pub mod trap;
+pub mod vcpu;
+pub mod vm;
+
+pub use end::VmEnd;
+pub use host::{host_check, HostReport};
+pub use loader::{parse_kernel, KernelImage, LoadError};
+pub use run::{run, BootKind, RunOptions, RunReport, VmmError};
+pub use trap::TrapStrategy;

@@ -1,0 +1,134 @@
+//! Guest page walks: linear address -> guest-physical address, read from guest memory.
+//!
+//! Used to find the GPA of RIP (the write-protect trap checks that the emulator's patch write
+//! lands exactly there). Covers paging off, 32-bit paging (4 KiB and 4 MiB pages), PAE and
+//! 4-level long-mode paging (4 KiB, 2 MiB and 1 GiB pages). 5-level paging is reported as
+//! untranslatable.
+
+/// The control registers a walk needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PagingRegs {
+    /// CR0.
+    pub cr0: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// EFER.
+    pub efer: u64,
+}
+
+const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_LA57: u64 = 1 << 12;
+const EFER_LMA: u64 = 1 << 10;
+const PRESENT: u64 = 1;
+const PS: u64 = 1 << 7;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Translates `linear` to a guest-physical address. `read8` reads a little-endian u64 at a
+/// GPA (`None` when outside memory); 32-bit entries use the low half.
+pub fn translate(
+    regs: &PagingRegs,
+    linear: u64,
+    read8: &dyn Fn(u64) -> Option<u64>,
+) -> Option<u64> {
+    if regs.cr0 & CR0_PG == 0 {
+        return Some(linear & 0xffff_ffff);
+    }
+    if regs.efer & EFER_LMA != 0 {
+        if regs.cr4 & CR4_LA57 != 0 {
+            return None;
+        }
+        let mut table = regs.cr3 & ADDR_MASK;
+        for (level, shift) in [(4, 39u32), (3, 30), (2, 21), (1, 12)] {
+            let index = (linear >> shift) & 0x1ff;
+            let entry = read8(table + index * 8)?;
+            if entry & PRESENT == 0 {
+                return None;
+            }
+            if level == 1 || (entry & PS != 0 && (level == 2 || level == 3)) {
+                let mask = (1u64 << shift) - 1;
+                return Some((entry & ADDR_MASK & !mask) | (linear & mask));
+            }
+            table = entry & ADDR_MASK;
+        }
+        return None;
+    }
+    let linear = linear & 0xffff_ffff;
+    if regs.cr4 & CR4_PAE != 0 {
+        let pdpte = read8((regs.cr3 & 0xffff_ffe0) + ((linear >> 30) & 3) * 8)?;
+        if pdpte & PRESENT == 0 {
+            return None;
+        }
+        let pde = read8((pdpte & ADDR_MASK) + ((linear >> 21) & 0x1ff) * 8)?;
+        if pde & PRESENT == 0 {
+            return None;
+        }
+        if pde & PS != 0 {
+            return Some((pde & ADDR_MASK & !0x1f_ffff) | (linear & 0x1f_ffff));
+        }
+        let pte = read8((pde & ADDR_MASK) + ((linear >> 12) & 0x1ff) * 8)?;
+        if pte & PRESENT == 0 {
+            return None;
+        }
+        return Some((pte & ADDR_MASK) | (linear & 0xfff));
+    }
+    let pde = read8((regs.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4)? & 0xffff_ffff;
+    if pde & PRESENT == 0 {
+        return None;
+    }
+    if pde & PS != 0 && regs.cr4 & CR4_PSE != 0 {
+        // 4 MiB page; bits 20:13 hold physical address bits 39:32 (PSE-36).
+        let high = ((pde >> 13) & 0xff) << 32;
+        return Some(high | (pde & 0xffc0_0000) | (linear & 0x3f_ffff));
+    }
+    let pte = read8((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4)? & 0xffff_ffff;
+    if pte & PRESENT == 0 {
+        return None;
+    }
+    Some((pte & 0xffff_f000) | (linear & 0xfff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn mem(entries: &[(u64, u64)]) -> impl Fn(u64) -> Option<u64> {
+        let m: HashMap<u64, u64> = entries.iter().copied().collect();
+        move |gpa| Some(m.get(&gpa).copied().unwrap_or(0))
+    }
+
+    #[test]
+    fn paging_off_is_identity() {
+        let r = PagingRegs::default();
+        assert_eq!(translate(&r, 0x12_3456, &mem(&[])), Some(0x12_3456));
+    }
+
+    #[test]
+    fn long_mode_2m_and_4k() {
+        let r =
+            PagingRegs { cr0: CR0_PG | 1, cr3: 0x2000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8) };
+        // PML4[0] -> 0x3000; PDPT[0] -> 0x4000; PD[1] = 2 MiB page at 0x60_0000;
+        // PD[2] -> PT 0x5000; PT[3] = 0x9000.
+        let m = mem(&[
+            (0x2000, 0x3003),
+            (0x3000, 0x4003),
+            (0x4008, 0x60_0083),
+            (0x4010, 0x5003),
+            (0x5018, 0x9003),
+        ]);
+        assert_eq!(translate(&r, 0x20_1234, &m), Some(0x60_1234));
+        assert_eq!(translate(&r, 0x40_3abc, &m), Some(0x9abc));
+        assert_eq!(translate(&r, 0x80_0000, &m), None);
+    }
+
+    #[test]
+    fn legacy_32bit_pse() {
+        let r = PagingRegs { cr0: CR0_PG | 1, cr3: 0x2000, cr4: CR4_PSE, efer: 0 };
+        let m = mem(&[(0x2000 + 4, 0x40_0083)]);
+        assert_eq!(translate(&r, 0x40_1234, &m), Some(0x40_1234));
+    }
+}

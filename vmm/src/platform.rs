@@ -1,0 +1,101 @@
+//! [`Platform`] for real VMs: the effects handlers ask for.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use polyvisor_core::{Platform, PlatformError, ProbeEvent};
+
+use crate::vm::{ProbeSink, VmShared};
+
+/// One probe event as a JSON line (until the bhyve personality supplies its own format).
+pub fn probe_json(e: &ProbeEvent<'_>) -> String {
+    serde_json::json!({
+        "probe_id": e.probe_id,
+        "name": e.name,
+        "args": e.args,
+        "thread": e.thread,
+        "vcpu": e.vcpu,
+        "timestamp_ns": e.timestamp_ns,
+    })
+    .to_string()
+}
+
+impl Platform for VmShared {
+    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
+        self.console.write(vcpu, bytes);
+    }
+
+    fn console_read(&self, _buf: &mut [u8]) -> usize {
+        0
+    }
+
+    fn vcpu_count(&self) -> u32 {
+        u32::try_from(self.vcpus.len()).unwrap_or(u32::MAX)
+    }
+
+    fn yield_now(&self, _vcpu: u32, _target: Option<u32>) {
+        std::thread::yield_now();
+    }
+
+    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
+        self.wake_vcpu(target).ok_or(PlatformError::NoSuchVcpu(target))
+    }
+
+    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
+        if self.post_interrupt(target, vector) {
+            Ok(())
+        } else {
+            Err(PlatformError::NoSuchVcpu(target))
+        }
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_clock(&self) -> (i64, u32) {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+            Err(_) => (0, 0),
+        }
+    }
+
+    fn guest_tsc(&self) -> u64 {
+        self.tsc_now()
+    }
+
+    fn tsc_khz(&self) -> Option<u64> {
+        self.tsc_khz
+    }
+
+    fn probe_fired(&self, event: &ProbeEvent<'_>) {
+        let line = probe_json(event);
+        if let Ok(mut sink) = self.probe_sink.lock() {
+            match &mut *sink {
+                ProbeSink::File(f) => {
+                    let _ = writeln!(f, "{line}");
+                }
+                ProbeSink::Log => tracing::info!(target: "polyvisor::probe", "{line}"),
+            }
+        }
+    }
+
+    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
+        self.change_layout(|layout, mem| {
+            layout.set_overlay(mem, slot, placement)?;
+            Ok(true)
+        })
+        .map(|_| ())
+        .map_err(|e| PlatformError::Failed(e.to_string()))
+    }
+
+    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
+        if self.trap.strategy != crate::trap::TrapStrategy::WriteProtect {
+            // The other strategies trap hypercalls wherever they are.
+            return Ok(());
+        }
+        self.change_layout(|layout, mem| layout.protect(mem, gpa, len))
+            .map(|_| ())
+            .map_err(|e| PlatformError::Failed(e.to_string()))
+    }
+}
