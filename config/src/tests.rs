@@ -138,6 +138,20 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
         11,
         &["NUL"],
     ),
+    (
+        "negative hyperv recommendations",
+        "[hyperv]\nrecommendations = -1\n",
+        2,
+        19,
+        &["-1"],
+    ),
+    (
+        "hyperv privileges as text",
+        "[hyperv]\nprivileges = \"all\"\n",
+        2,
+        14,
+        &["all"],
+    ),
     ("syntax error", "[vm\nvcpus = 1\n", 1, 4, &[]),
     (
         "duplicate key",
@@ -203,6 +217,10 @@ instruction = "vmmcall"
 features = ["clocksource2", "pv_unhalt"]
 [hyperv]
 vendor_id = "Polyvisor"
+privileges = 0x100000000060
+features = 0x400
+recommendations = 0x404
+reset = "exit"
 [xen]
 version = "4.19"
 "#,
@@ -227,6 +245,9 @@ version = "4.19"
         Some(vec![KvmFeature::Clocksource2, KvmFeature::PvUnhalt])
     );
     assert_eq!(c.xen.version_numbers(), (4, 19));
+    assert_eq!(c.hyperv.privileges, Some(0x1000_0000_0060));
+    assert_eq!(c.hyperv.features, Some(0x400));
+    assert_eq!(c.hyperv.recommendations, Some(0x404));
     // What `config show` prints parses back to the same config.
     assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
 }
