@@ -1474,3 +1474,18 @@ fn engine_is_shareable() {
     let shared: Arc<dyn Dispatch> = Arc::new(vm.engine);
     assert_eq!(shared.cpuid(0).len(), 7);
 }
+
+#[test]
+fn the_documented_example_config_builds() {
+    let doc = include_str!("../../../docs/config-hyperv.md");
+    let start = doc.find("```toml\n").unwrap() + 8;
+    let len = doc[start..].find("```").unwrap();
+    let c = Config::parse(&doc[start..start + len], "docs/config-hyperv.md").unwrap();
+    let vm = Vm::new(&c);
+    let f = vm.engine.cpuid(0)[3];
+    assert_eq!((f.eax, f.ebx, f.edx), (0x62, 0, 0));
+    assert_eq!(vm.engine.cpuid(0)[4].ebx, u32::MAX);
+    // The default recommendations the page states.
+    let d = Vm::new(&config(|_| {}));
+    assert_eq!(d.engine.cpuid(0)[4].eax, 0xc24);
+}
