@@ -1460,8 +1460,17 @@ proptest! {
         put(&vm, IN, &words);
         put(&vm, IN + 0xfc0, &words);
         let control = (control & !0xffff) | code;
-        for (i, o) in [(input, output), (IN, OUT), (IN + 0xfc0, OUT + (input & 0xff8))] {
-            let out = vm.call(control, i, o);
+        for (n, (i, o)) in [(input, output), (IN, OUT), (IN + 0xfc0, OUT + (input & 0xff8))].into_iter().enumerate() {
+            let mut v = snap64(control, i, o);
+            if n == 2 {
+                // The same registers as a 32-bit caller.
+                v.mode = CpuMode::Protected32;
+                v.regs.rax = control & 0xffff_ffff;
+                v.regs.rdx = control >> 32;
+                v.regs.rcx = i & 0xffff_ffff;
+                v.regs.rsi = o & 0xffff_ffff;
+            }
+            let out = vm.call_snap(&v);
             let finished = matches!(out.next, Next::Advance | Next::Retry | Next::Inject(Exception::InvalidOpcode));
             prop_assert!(finished, "{:?}", out);
         }
@@ -1488,4 +1497,34 @@ fn the_documented_example_config_builds() {
     // The default recommendations the page states.
     let d = Vm::new(&config(|_| {}));
     assert_eq!(d.engine.cpuid(0)[4].eax, 0xc24);
+}
+
+#[test]
+fn every_refusal_kind_has_its_answer() {
+    use polyvisor_core::{Personality, Refusal};
+    let vm = default_vm();
+    let p = vm.engine.personality();
+    let v = snap64(0, 0, 0);
+    assert!(is_ud(&p.refuse(&v, Refusal::Disabled)));
+    assert!(is_ud(
+        &p.refuse(&v, Refusal::WrongRing { number: 2, cpl: 3 })
+    ));
+    for r in [
+        Refusal::Unknown { number: 9 },
+        Refusal::Unimplemented { number: 9 },
+    ] {
+        assert_eq!(st(&p.refuse(&v, r)), HV_STATUS_INVALID_HYPERCALL_CODE);
+    }
+    assert_eq!(
+        st(&p.refuse(&v, Refusal::Denied { number: 2 })),
+        HV_STATUS_ACCESS_DENIED
+    );
+    // 32-bit callers get the status in EDX:EAX.
+    let mut v32 = v;
+    v32.mode = CpuMode::Protected32;
+    let o = p.refuse(&v32, Refusal::Denied { number: 2 });
+    assert_eq!(o.writes.get(Gpr::Rax), Some(6));
+    assert_eq!(o.writes.get(Gpr::Rdx), Some(0));
+    assert_eq!(p.instruction(), HypercallInstruction::Vmcall);
+    assert_eq!(p.identity().max_vcpus, 4);
 }
