@@ -278,7 +278,7 @@ const CONFIGS: &[Cpuid] = &[
                 | HV_X64_HYPERCALL_XMM_INPUT_AVAILABLE
                 | HV_FEATURE_EXT_GVA_RANGES_FLUSH,
         ),
-        None,
+        Some(super::tests::ALL_RECOMMENDATIONS),
         0x10,
     ),
 ];

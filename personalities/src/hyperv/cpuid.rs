@@ -83,14 +83,20 @@ impl Backing {
             | HV_X64_GUEST_DEBUGGING_AVAILABLE
     }
 
-    /// Recommendations shown by default (and the only ones allowed): the flush and IPI
-    /// hypercalls and the Ex processor sets are served; relaxed timing is simply true of a VM
-    /// whose vCPUs are host threads.
+    /// Recommendations shown by default: the IPI hypercalls and the Ex processor sets are
+    /// served through the VMM's required `Platform::interrupt`; relaxed timing is simply true
+    /// of a VM whose vCPUs are host threads.
     pub fn default_recommendations(self) -> u32 {
-        HV_X64_REMOTE_TLB_FLUSH_RECOMMENDED
-            | HV_X64_RELAXED_TIMING_RECOMMENDED
+        HV_X64_RELAXED_TIMING_RECOMMENDED
             | HV_X64_CLUSTER_IPI_RECOMMENDED
             | HV_X64_EX_PROCESSOR_MASKS_RECOMMENDED
+    }
+
+    /// Recommendations a configuration may ask for: the defaults plus the remote TLB flush
+    /// hypercalls, which need the VMM's optional `Platform::flush_guest_tlb` (without it they
+    /// answer HV_STATUS_OPERATION_DENIED, so they are not recommended by default).
+    pub fn allowed_recommendations(self) -> u32 {
+        self.default_recommendations() | HV_X64_REMOTE_TLB_FLUSH_RECOMMENDED
     }
 }
 
@@ -265,7 +271,7 @@ impl Identity {
         check_mask(
             "recommendations",
             u64::from(recommendations),
-            u64::from(backing.default_recommendations()),
+            u64::from(backing.allowed_recommendations()),
             recommendation_name,
             &|_| "this implementation does not provide it",
         )?;

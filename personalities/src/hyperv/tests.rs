@@ -23,7 +23,20 @@ pub(super) const OUT: u64 = 0x3000;
 pub(super) const RAM: usize = 0x10000;
 pub(super) const LINUX_OS_ID: u64 = 0x8100 << 48;
 
+/// Every recommendation allowed: the defaults plus the remote TLB flush, as a VMM that
+/// implements `Platform::flush_guest_tlb` would configure it.
+pub(super) const ALL_RECOMMENDATIONS: u32 = 0xc24;
+
+/// A hyperv VM with hypercalls on, 4 vCPUs and the flush recommendation opted in.
 pub(super) fn config(edit: impl FnOnce(&mut Config)) -> Config {
+    defaults(|c| {
+        c.hyperv.recommendations = Some(ALL_RECOMMENDATIONS);
+        edit(c)
+    })
+}
+
+/// A hyperv VM with hypercalls on, 4 vCPUs and every `[hyperv]` key at its default.
+pub(super) fn defaults(edit: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config::default();
     c.hypervisor.mode = HypervisorMode::Hyperv;
     c.hypervisor.hypercalls_enabled = true;
@@ -266,7 +279,7 @@ fn everything() -> Config {
 
 #[test]
 fn cpuid_default_identity() {
-    let vm = Vm::new(&config(|_| {}));
+    let vm = Vm::new(&defaults(|_| {}));
     let leaves = vm.engine.cpuid(0);
     let leaf = |f: u32| *leaves.iter().find(|l| l.function == f).unwrap();
     let l0 = leaf(0x4000_0000);
@@ -292,7 +305,10 @@ fn cpuid_default_identity() {
     );
     assert_eq!(f.edx, DEFAULT_FEATURES);
     let r = leaf(0x4000_0004);
-    assert_eq!(r.eax, (1 << 2) | (1 << 5) | (1 << 10) | (1 << 11));
+    // The remote flush recommendation (bit 2) is opt-in: it needs the VMM's flush.
+    assert_eq!(r.eax, (1 << 5) | (1 << 10) | (1 << 11));
+    let flush = Vm::new(&config(|_| {}));
+    assert_eq!(flush.engine.cpuid(0)[4].eax, ALL_RECOMMENDATIONS);
     assert_eq!(r.ebx, 0xfff);
     assert_eq!(leaf(0x4000_0005).eax, 4, "max VPs = configured vCPUs");
     assert_eq!(
@@ -1495,8 +1511,8 @@ fn the_documented_example_config_builds() {
     assert_eq!((f.eax, f.ebx, f.edx), (0x62, 0, 0));
     assert_eq!(vm.engine.cpuid(0)[4].ebx, u32::MAX);
     // The default recommendations the page states.
-    let d = Vm::new(&config(|_| {}));
-    assert_eq!(d.engine.cpuid(0)[4].eax, 0xc24);
+    let d = Vm::new(&defaults(|_| {}));
+    assert_eq!(d.engine.cpuid(0)[4].eax, 0xc20);
 }
 
 #[test]
