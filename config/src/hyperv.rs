@@ -48,6 +48,9 @@ pub struct HypervConfig {
     /// Feature bits in CPUID 0x40000003 EDX; absent: everything backed.
     #[serde(default)]
     pub features: Option<u32>,
+    /// Implementation recommendations in CPUID 0x40000004 EAX; absent: everything backed.
+    #[serde(default)]
+    pub recommendations: Option<u32>,
     /// Spinlock retries before NotifyLongSpinWait (0xFFFFFFFF: never notify).
     #[serde(default = "default_spin")]
     pub spinlock_retries: u32,
@@ -88,6 +91,7 @@ impl Default for HypervConfig {
             version_minor: 0,
             privileges: None,
             features: None,
+            recommendations: None,
             spinlock_retries: default_spin(),
             reset: ResetAction::Exit,
         }

@@ -72,6 +72,8 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
     ("empty probe log", "[bhyve]\nprobe_log = \"\"\n", 2, 13, &["probe_log", "must name a file"]),
     ("probe log with NUL", "[bhyve]\nprobe_log = \"a\\u0000b\"\n", 2, 13, &["probe_log", "NUL"]),
     ("cmdline with NUL", "[vm]\ncmdline = \"a\\u0000b\"\n", 2, 11, &["NUL"]),
+    ("negative hyperv recommendations", "[hyperv]\nrecommendations = -1\n", 2, 19, &["-1"]),
+    ("hyperv privileges as text", "[hyperv]\nprivileges = \"all\"\n", 2, 14, &["all"]),
     ("syntax error", "[vm\nvcpus = 1\n", 1, 4, &[]),
     ("duplicate key", "[vm]\nvcpus = 1\nvcpus = 2\n", 3, 1, &["duplicate"]),
 ];
@@ -129,6 +131,10 @@ features = ["clocksource2", "pv_unhalt"]
 max_gpa_ranges = 64
 [hyperv]
 vendor_id = "Polyvisor"
+privileges = 0x100000000060
+features = 0x400
+recommendations = 0x404
+reset = "exit"
 [xen]
 version = "4.19"
 "#,
@@ -148,6 +154,9 @@ version = "4.19"
     assert_eq!(c.kvm.features, Some(vec![KvmFeature::Clocksource2, KvmFeature::PvUnhalt]));
     assert_eq!(c.kvm.max_gpa_ranges, 64);
     assert_eq!(c.xen.version_numbers(), (4, 19));
+    assert_eq!(c.hyperv.privileges, Some(0x1000_0000_0060));
+    assert_eq!(c.hyperv.features, Some(0x400));
+    assert_eq!(c.hyperv.recommendations, Some(0x404));
     // What `config show` prints parses back to the same config.
     assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
 }

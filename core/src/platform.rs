@@ -80,4 +80,31 @@ pub trait Platform: Sync {
     /// Tells the VMM that guest RAM in `[gpa, gpa + len)` holds hypercall instructions that
     /// must trap (a hypercall page written into RAM).
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError>;
+
+    /// Makes vCPU `target` drop every guest-virtual translation it has cached (its TLB), so
+    /// that once this returns `target` runs no more guest code with a translation cached
+    /// before the call (Hyper-V's HvCallFlushVirtualAddressSpace/List). A VMM typically kicks
+    /// the vCPU out of guest mode and has it flush before it re-enters.
+    fn flush_guest_tlb(&self, _target: u32) -> Result<(), PlatformError> {
+        Err(PlatformError::Unsupported("guest TLB flush"))
+    }
+
+    /// Sends guest bytes to the host side of the guest debug channel (Hyper-V's
+    /// HvCallPostDebugData); returns how many bytes were taken. An empty `bytes` only asks
+    /// whether the channel exists.
+    fn debug_post(&self, _vcpu: u32, _bytes: &[u8]) -> Result<usize, PlatformError> {
+        Err(PlatformError::Unsupported("guest debug channel"))
+    }
+
+    /// Takes bytes the host side of the guest debug channel has for the guest (Hyper-V's
+    /// HvCallRetrieveDebugData); returns how many were placed in `buf` (0 when none wait).
+    fn debug_retrieve(&self, _vcpu: u32, _buf: &mut [u8]) -> Result<usize, PlatformError> {
+        Err(PlatformError::Unsupported("guest debug channel"))
+    }
+
+    /// XMM0..XMM5 of the calling vCPU `vcpu`, for hypercalls that pass input in XMM registers
+    /// (Hyper-V's XMM fast hypercalls). Called only from that vCPU's own exit.
+    fn read_xmm(&self, _vcpu: u32) -> Result<[u128; 6], PlatformError> {
+        Err(PlatformError::Unsupported("XMM register access"))
+    }
 }

@@ -28,6 +28,10 @@ pub enum Effect {
     Overlay(u32, Option<(u64, Vec<u8>)>),
     /// A code range to protect.
     ProtectCode(u64, u64),
+    /// A guest TLB flush of the given vCPU.
+    FlushTlb(u32),
+    /// Bytes posted on the debug channel by a vCPU.
+    DebugPost(u32, Vec<u8>),
 }
 
 /// A [`Platform`] that records effects and answers time queries from a settable clock.
@@ -45,6 +49,10 @@ pub struct RecordingPlatform {
     pub input: Mutex<Vec<u8>>,
     /// Whether effects are recorded (benchmarks turn it off so the fake costs nothing).
     pub recording: bool,
+    /// Bytes `debug_retrieve` hands out.
+    pub debug_input: Mutex<Vec<u8>>,
+    /// What `read_xmm` answers (None: unsupported).
+    pub xmm: Mutex<Option<[u128; 6]>>,
 }
 
 impl RecordingPlatform {
@@ -57,6 +65,8 @@ impl RecordingPlatform {
             tsc_khz: Some(1_000_000),
             input: Mutex::new(Vec::new()),
             recording: true,
+            debug_input: Mutex::new(Vec::new()),
+            xmm: Mutex::new(None),
         }
     }
 
@@ -141,6 +151,34 @@ impl Platform for RecordingPlatform {
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
         self.record(Effect::ProtectCode(gpa, len));
         Ok(())
+    }
+    fn flush_guest_tlb(&self, target: u32) -> Result<(), PlatformError> {
+        self.check(target)?;
+        self.record(Effect::FlushTlb(target));
+        Ok(())
+    }
+    fn debug_post(&self, vcpu: u32, bytes: &[u8]) -> Result<usize, PlatformError> {
+        if !bytes.is_empty() {
+            self.record(Effect::DebugPost(vcpu, bytes.to_vec()));
+        }
+        Ok(bytes.len())
+    }
+    fn debug_retrieve(&self, _vcpu: u32, buf: &mut [u8]) -> Result<usize, PlatformError> {
+        let Ok(mut input) = self.debug_input.lock() else {
+            return Ok(0);
+        };
+        let n = buf.len().min(input.len());
+        for (dst, src) in buf.iter_mut().zip(input.drain(..n)) {
+            *dst = src;
+        }
+        Ok(n)
+    }
+    fn read_xmm(&self, _vcpu: u32) -> Result<[u128; 6], PlatformError> {
+        self.xmm
+            .lock()
+            .ok()
+            .and_then(|x| *x)
+            .ok_or(PlatformError::Unsupported("XMM register access"))
     }
 }
 
