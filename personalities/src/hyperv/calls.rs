@@ -59,11 +59,7 @@ struct Hc {
 }
 
 fn prologue(p: &HyperV, call: &Call<'_>, spec: &Spec) -> Result<Hc, Reply> {
-    let hc = Hc {
-        control: Control(call.arg(0)),
-        input: call.arg(1),
-        output: call.arg(2),
-    };
+    let hc = Hc { control: Control(call.arg(0)), input: call.arg(1), output: call.arg(2) };
     if !(spec.gate)(p) {
         return Err(status(HV_STATUS_ACCESS_DENIED));
     }
@@ -266,11 +262,7 @@ fn flush(p: &HyperV, call: &mut Call<'_>, ex: bool, list: bool) -> Reply {
         Ok(hc) => hc,
         Err(r) => return r,
     };
-    let header = if ex {
-        32 + 8 * u64::from(hc.control.var_header())
-    } else {
-        24
-    };
+    let header = if ex { 32 + 8 * u64::from(hc.control.var_header()) } else { 24 };
     let reps = u64::from(hc.control.rep_count());
     let input = match Input::new(call, &hc, header + 8 * reps, true) {
         Ok(i) => i,
@@ -346,12 +338,7 @@ fn flush_list_ex(p: &HyperV, call: &mut Call<'_>) -> Reply {
 
 /// HvCallNotifyLongSpinWait (TLFS): advisory, the only answer is SUCCESS; the caller yields.
 fn notify_long_spin_wait(p: &HyperV, call: &mut Call<'_>) -> Reply {
-    let spec = Spec {
-        gate: gate_spin,
-        class: Class::Simple,
-        var_header: false,
-        xmm_fast: false,
-    };
+    let spec = Spec { gate: gate_spin, class: Class::Simple, var_header: false, xmm_fast: false };
     if let Err(r) = prologue(p, call, &spec) {
         return r;
     }
@@ -373,11 +360,7 @@ fn send_ipi(p: &HyperV, call: &mut Call<'_>, ex: bool) -> Reply {
         Ok(hc) => hc,
         Err(r) => return r,
     };
-    let len = if ex {
-        24 + 8 * u64::from(hc.control.var_header())
-    } else {
-        16
-    };
+    let len = if ex { 24 + 8 * u64::from(hc.control.var_header()) } else { 16 };
     let input = match Input::new(call, &hc, len, ex) {
         Ok(i) => i,
         Err(r) => return r,
@@ -424,12 +407,7 @@ fn send_ipi_ex(p: &HyperV, call: &mut Call<'_>) -> Reply {
 /// not active (its hyperv_features selftest expects it); a misplaced input block is
 /// HV_STATUS_INVALID_ALIGNMENT first.
 fn no_synic(p: &HyperV, call: &mut Call<'_>, gate: fn(&HyperV) -> bool, len: u64) -> Reply {
-    let spec = Spec {
-        gate,
-        class: Class::Simple,
-        var_header: false,
-        xmm_fast: false,
-    };
+    let spec = Spec { gate, class: Class::Simple, var_header: false, xmm_fast: false };
     let hc = match prologue(p, call, &spec) {
         Ok(hc) => hc,
         Err(r) => return r,
@@ -455,12 +433,7 @@ fn signal_event(p: &HyperV, call: &mut Call<'_>) -> Reply {
 /// available; none beyond this one are, so 0. KVM: the fast form is
 /// HV_STATUS_INVALID_PARAMETER.
 fn ext_query_capabilities(p: &HyperV, call: &mut Call<'_>) -> Reply {
-    let spec = Spec {
-        gate: gate_ext,
-        class: Class::Simple,
-        var_header: false,
-        xmm_fast: false,
-    };
+    let spec = Spec { gate: gate_ext, class: Class::Simple, var_header: false, xmm_fast: false };
     let hc = match prologue(p, call, &spec) {
         Ok(hc) => hc,
         Err(r) => return r,
@@ -483,12 +456,7 @@ pub const DEBUG_DATA_MAX: usize = (HV_HYP_PAGE_SIZE - 8) as usize;
 /// The debug calls' common checks: gate, shape, and the slow form only for Post/Retrieve
 /// (KVM: fast is HV_STATUS_INVALID_PARAMETER).
 fn debug_prologue(p: &HyperV, call: &Call<'_>, fast_ok: bool) -> Result<Hc, Reply> {
-    let spec = Spec {
-        gate: gate_debug,
-        class: Class::Simple,
-        var_header: false,
-        xmm_fast: false,
-    };
+    let spec = Spec { gate: gate_debug, class: Class::Simple, var_header: false, xmm_fast: false };
     let hc = prologue(p, call, &spec)?;
     if hc.control.fast() && !fast_ok {
         return Err(status(HV_STATUS_INVALID_PARAMETER));
@@ -536,11 +504,7 @@ fn post_debug_data(p: &HyperV, call: &mut Call<'_>) -> Reply {
         call.memory
             .write_obj(pending, GuestAddress(hc.output))
             .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
-        Ok(status(if pending == 0 {
-            HV_STATUS_SUCCESS
-        } else {
-            HV_STATUS_INSUFFICIENT_BUFFERS
-        }))
+        Ok(status(if pending == 0 { HV_STATUS_SUCCESS } else { HV_STATUS_INSUFFICIENT_BUFFERS }))
     };
     run().unwrap_or_else(|e| e)
 }
@@ -576,16 +540,9 @@ fn retrieve_debug_data(p: &HyperV, call: &mut Call<'_>) -> Reply {
         let counts = (got as u64) | (((count - got) as u64) << 32);
         call.memory
             .write_obj(counts, GuestAddress(hc.output))
-            .and_then(|()| {
-                call.memory
-                    .write_slice(retrieved, GuestAddress(hc.output + 8))
-            })
+            .and_then(|()| call.memory.write_slice(retrieved, GuestAddress(hc.output + 8)))
             .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
-        Ok(status(if got == 0 && count != 0 {
-            HV_STATUS_NO_DATA
-        } else {
-            HV_STATUS_SUCCESS
-        }))
+        Ok(status(if got == 0 && count != 0 { HV_STATUS_NO_DATA } else { HV_STATUS_SUCCESS }))
     };
     run().unwrap_or_else(|e| e)
 }

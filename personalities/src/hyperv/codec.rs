@@ -84,10 +84,7 @@ pub fn result(vcpu: &VcpuSnapshot, value: u64) -> Outcome {
         writes.push(Gpr::Rdx, value >> 32);
         writes.push(Gpr::Rax, value & 0xffff_ffff);
     }
-    Outcome {
-        writes,
-        next: Next::Advance,
-    }
+    Outcome { writes, next: Next::Advance }
 }
 
 /// A result value: status in bits 15:0, reps completed in 43:32.
@@ -109,8 +106,5 @@ pub fn continuation(vcpu: &VcpuSnapshot, control: Control, done: u16) -> Outcome
         writes.push(Gpr::Rdx, next.0 >> 32);
         writes.push(Gpr::Rax, next.0 & 0xffff_ffff);
     }
-    Outcome {
-        writes,
-        next: Next::Retry,
-    }
+    Outcome { writes, next: Next::Retry }
 }

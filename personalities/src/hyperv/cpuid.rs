@@ -265,9 +265,7 @@ impl Identity {
                 _ => "this implementation does not provide it",
             },
         )?;
-        let recommendations = hv
-            .recommendations
-            .unwrap_or(backing.default_recommendations());
+        let recommendations = hv.recommendations.unwrap_or(backing.default_recommendations());
         check_mask(
             "recommendations",
             u64::from(recommendations),
@@ -311,11 +309,7 @@ impl Identity {
         // Truncation to 32-bit halves is the ABI: EAX holds bits 31:0, EBX bits 63:32.
         let (priv_lo, priv_hi) = (self.privileges as u32, (self.privileges >> 32) as u32);
         vec![
-            CpuidLeaf::signature(
-                HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS,
-                MAX_LEAF,
-                &self.vendor,
-            ),
+            CpuidLeaf::signature(HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS, MAX_LEAF, &self.vendor),
             CpuidLeaf::new(HYPERV_CPUID_INTERFACE, HV_INTERFACE_SIGNATURE, 0, 0, 0),
             // ECX service pack 0, EDX service branch/number 0.
             CpuidLeaf::new(HYPERV_CPUID_VERSION, self.build, self.version, 0, 0),

@@ -55,10 +55,7 @@ pub struct VpMsrs {
 /// jump into the page traps (as openvmm fills it).
 pub fn hypercall_page(instruction: [u8; 3]) -> Box<[u8]> {
     let mut page = vec![0xccu8; HV_HYP_PAGE_SIZE as usize].into_boxed_slice();
-    for (dst, src) in page
-        .iter_mut()
-        .zip(instruction.iter().chain([0xc3u8].iter()))
-    {
+    for (dst, src) in page.iter_mut().zip(instruction.iter().chain([0xc3u8].iter())) {
         *dst = *src;
     }
     page
@@ -223,9 +220,7 @@ impl HyperV {
             if ctx.platform.map_overlay(HYPERCALL_PAGE_SLOT, None).is_err() {
                 return MsrWrite::Gp;
             }
-            state
-                .hypercall
-                .store(hypercall & !HV_X64_MSR_HYPERCALL_ENABLE, Ordering::Release);
+            state.hypercall.store(hypercall & !HV_X64_MSR_HYPERCALL_ENABLE, Ordering::Release);
         }
         MsrWrite::Done
     }
@@ -261,9 +256,7 @@ impl HyperV {
             if ctx.platform.map_overlay(HYPERCALL_PAGE_SLOT, None).is_err() {
                 return MsrWrite::Gp;
             }
-            state
-                .hypercall
-                .store(old & !HV_X64_MSR_HYPERCALL_ENABLE, Ordering::Release);
+            state.hypercall.store(old & !HV_X64_MSR_HYPERCALL_ENABLE, Ordering::Release);
         }
         if is_on
             && (!was_on || gpa != old_gpa)

@@ -134,11 +134,7 @@ impl Vm {
         self.rec().take()
     }
     fn ctx(&self, vcpu: u32) -> MsrContext<'_> {
-        MsrContext {
-            vcpu,
-            memory: &self.mem,
-            platform: &*self.platform,
-        }
+        MsrContext { vcpu, memory: &self.mem, platform: &*self.platform }
     }
     pub fn rdmsr(&self, vcpu: u32, msr: u32) -> MsrRead {
         self.engine.read_msr(&self.ctx(vcpu), msr)
@@ -154,27 +150,13 @@ impl Vm {
     }
     /// Linux's order (hv_init.c): reference TSC page, VP_INDEX, GUEST_OS_ID, HYPERCALL.
     pub fn enable(&self) {
-        if self
-            .engine
-            .personality()
-            .id
-            .has_privilege(HV_MSR_REFERENCE_TSC_AVAILABLE)
-        {
-            assert_eq!(
-                self.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1),
-                MsrWrite::Done
-            );
+        if self.engine.personality().id.has_privilege(HV_MSR_REFERENCE_TSC_AVAILABLE) {
+            assert_eq!(self.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1), MsrWrite::Done);
         }
         assert_eq!(self.val(0, HV_X64_MSR_VP_INDEX), 0);
-        assert_eq!(
-            self.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID),
-            MsrWrite::Done
-        );
+        assert_eq!(self.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID), MsrWrite::Done);
         assert_eq!(self.val(0, HV_X64_MSR_HYPERCALL), 0);
-        assert_eq!(
-            self.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1),
-            MsrWrite::Done
-        );
+        assert_eq!(self.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Done);
         self.take();
     }
     pub fn call_snap(&self, v: &VcpuSnapshot) -> Outcome {
@@ -224,9 +206,7 @@ fn var(code: u16, qwords: u64) -> u64 {
 
 fn put(vm: &Vm, gpa: u64, words: &[u64]) {
     for (i, w) in words.iter().enumerate() {
-        vm.mem
-            .write_obj(*w, GuestAddress(gpa + 8 * i as u64))
-            .unwrap();
+        vm.mem.write_obj(*w, GuestAddress(gpa + 8 * i as u64)).unwrap();
     }
 }
 
@@ -284,25 +264,16 @@ fn cpuid_default_identity() {
     let leaf = |f: u32| *leaves.iter().find(|l| l.function == f).unwrap();
     let l0 = leaf(0x4000_0000);
     assert_eq!(&l0.signature_bytes(), b"Microsoft Hv");
-    assert_eq!(
-        (l0.ebx, l0.ecx, l0.edx),
-        (0x7263_694D, 0x666F_736F, 0x7648_2074)
-    );
+    assert_eq!((l0.ebx, l0.ecx, l0.edx), (0x7263_694D, 0x666F_736F, 0x7648_2074));
     // Linux's ms_hyperv_platform(): max leaf within 0x40000005..=0x4000FFFF.
     assert!((0x4000_0005..=0x4000_ffff).contains(&l0.eax));
     assert_eq!(l0.eax, 0x4000_0006);
     assert_eq!(leaf(0x4000_0001).eax, 0x3123_7648);
-    assert_eq!(
-        (leaf(0x4000_0002).eax, leaf(0x4000_0002).ebx),
-        (0x3839, 0x000A_0000)
-    );
+    assert_eq!((leaf(0x4000_0002).eax, leaf(0x4000_0002).ebx), (0x3839, 0x000A_0000));
     let f = leaf(0x4000_0003);
     // Linux requires AccessHypercallMsrs and AccessVpIndex.
     assert_eq!(f.eax & 0x60, 0x60);
-    assert_eq!(
-        u64::from(f.eax) | u64::from(f.ebx) << 32,
-        DEFAULT_PRIVILEGES
-    );
+    assert_eq!(u64::from(f.eax) | u64::from(f.ebx) << 32, DEFAULT_PRIVILEGES);
     assert_eq!(f.edx, DEFAULT_FEATURES);
     let r = leaf(0x4000_0004);
     // The remote flush recommendation (bit 2) is opt-in: it needs the VMM's flush.
@@ -311,10 +282,7 @@ fn cpuid_default_identity() {
     assert_eq!(flush.engine.cpuid(0)[4].eax, ALL_RECOMMENDATIONS);
     assert_eq!(r.ebx, 0xfff);
     assert_eq!(leaf(0x4000_0005).eax, 4, "max VPs = configured vCPUs");
-    assert_eq!(
-        leaf(0x4000_0006),
-        polyvisor_core::CpuidLeaf::new(0x4000_0006, 0, 0, 0, 0)
-    );
+    assert_eq!(leaf(0x4000_0006), polyvisor_core::CpuidLeaf::new(0x4000_0006, 0, 0, 0, 0));
     assert_eq!(leaves.len(), 7);
 }
 
@@ -344,73 +312,39 @@ fn unbacked(c: &Config, host: &HostFacts) -> String {
 fn unbacked_masks_are_refused_naming_the_bit() {
     let host = HostFacts::nominal();
     let msg = unbacked(&config(|c| c.hyperv.privileges = Some(0x64)), &host);
-    assert!(
-        msg.contains("bit 2 (AccessSynicRegs)") && msg.starts_with("[hyperv]"),
-        "{msg}"
-    );
-    let msg = unbacked(
-        &config(|c| c.hyperv.privileges = Some(0x60 | 1 << 44)),
-        &host,
-    );
+    assert!(msg.contains("bit 2 (AccessSynicRegs)") && msg.starts_with("[hyperv]"), "{msg}");
+    let msg = unbacked(&config(|c| c.hyperv.privileges = Some(0x60 | 1 << 44)), &host);
     assert!(msg.contains("bit 44 (CpuManagement)"), "{msg}");
     let msg = unbacked(&config(|c| c.hyperv.features = Some(1 << 15)), &host);
     assert!(msg.contains("bit 15 (XMM hypercall output)"), "{msg}");
     let msg = unbacked(&config(|c| c.hyperv.recommendations = Some(1 << 3)), &host);
     assert!(msg.contains("bit 3 (APIC access MSRs)"), "{msg}");
     // The reference TSC page needs a known, stable TSC.
-    let unstable = HostFacts {
-        stable_tsc: false,
-        ..host
-    };
+    let unstable = HostFacts { stable_tsc: false, ..host };
     let c = config(|c| c.hyperv.privileges = Some(0x60 | HV_MSR_REFERENCE_TSC_AVAILABLE));
     let msg = unbacked(&c, &unstable);
-    assert!(
-        msg.contains("AccessPartitionReferenceTsc") && msg.contains("stable"),
-        "{msg}"
-    );
-    let unknown = HostFacts {
-        tsc_khz: None,
-        ..host
-    };
+    assert!(msg.contains("AccessPartitionReferenceTsc") && msg.contains("stable"), "{msg}");
+    let unknown = HostFacts { tsc_khz: None, ..host };
     let c = config(|c| c.hyperv.privileges = Some(0x60 | HV_ACCESS_FREQUENCY_MSRS));
     assert!(unbacked(&c, &unknown).contains("AccessFrequencyRegs"));
     let msg = unbacked(&config(|c| c.hyperv.reset = ResetAction::Reset), &host);
-    assert!(
-        msg.contains("reset = \"reset\"") && msg.contains("exit"),
-        "{msg}"
-    );
+    assert!(msg.contains("reset = \"reset\"") && msg.contains("exit"), "{msg}");
     // Through the crate's entry point too.
     let c = config(|c| c.hyperv.privileges = Some(1 << 3));
-    assert!(matches!(
-        crate::build(&c, &host).map(|_| ()),
-        Err(BuildError::Unbacked { .. })
-    ));
+    assert!(matches!(crate::build(&c, &host).map(|_| ()), Err(BuildError::Unbacked { .. })));
     assert!(crate::build(&config(|_| {}), &host).is_ok());
 }
 
 #[test]
 fn unknown_or_unstable_tsc_hides_what_depends_on_it() {
     for host in [
-        HostFacts {
-            stable_tsc: false,
-            ..HostFacts::nominal()
-        },
-        HostFacts {
-            tsc_khz: None,
-            ..HostFacts::nominal()
-        },
-        HostFacts {
-            tsc_khz: Some(9_000),
-            ..HostFacts::nominal()
-        },
+        HostFacts { stable_tsc: false, ..HostFacts::nominal() },
+        HostFacts { tsc_khz: None, ..HostFacts::nominal() },
+        HostFacts { tsc_khz: Some(9_000), ..HostFacts::nominal() },
     ] {
         let vm = Vm::with_host(&config(|_| {}), &host);
         let f = vm.engine.cpuid(0)[3];
-        assert_eq!(
-            u64::from(f.eax) & HV_MSR_REFERENCE_TSC_AVAILABLE,
-            0,
-            "{host:?}"
-        );
+        assert_eq!(u64::from(f.eax) & HV_MSR_REFERENCE_TSC_AVAILABLE, 0, "{host:?}");
         assert_eq!(vm.rdmsr(0, HV_X64_MSR_REFERENCE_TSC), MsrRead::Gp);
         if host.tsc_khz.is_none() {
             assert_eq!(u64::from(f.eax) & HV_ACCESS_FREQUENCY_MSRS, 0);
@@ -427,47 +361,26 @@ fn unknown_or_unstable_tsc_hides_what_depends_on_it() {
 fn hypercall_page_needs_a_guest_os_id_then_overlays() {
     let vm = Vm::new(&config(|_| {}));
     // Enable before an OS id: accepted, but the enable bit stays 0 and nothing is mapped.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Done);
     assert_eq!(vm.val(0, HV_X64_MSR_HYPERCALL), HC_PAGE);
     assert!(vm.take().is_empty());
     assert!(is_ud(&vm.call(0x8001, 0, OUT)), "no page, no hypercalls");
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID),
-        MsrWrite::Done
-    );
-    assert_eq!(
-        vm.val(1, HV_X64_MSR_GUEST_OS_ID),
-        LINUX_OS_ID,
-        "partition-wide"
-    );
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID), MsrWrite::Done);
+    assert_eq!(vm.val(1, HV_X64_MSR_GUEST_OS_ID), LINUX_OS_ID, "partition-wide");
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Done);
     assert_eq!(vm.val(2, HV_X64_MSR_HYPERCALL), HC_PAGE | 1);
     let effects = vm.take();
-    let [Effect::Overlay(0, Some((gpa, page)))] = effects.as_slice() else {
-        panic!("{effects:?}")
-    };
+    let [Effect::Overlay(0, Some((gpa, page)))] = effects.as_slice() else { panic!("{effects:?}") };
     assert_eq!(*gpa, HC_PAGE);
     assert_eq!(page.len(), 4096);
     assert_eq!(&page[..4], &[0x0f, 0x01, 0xc1, 0xc3], "vmcall; ret");
     assert!(page[4..].iter().all(|b| *b == 0xcc));
     assert_eq!(st(&vm.call(0x8001, 0, OUT)), HV_STATUS_SUCCESS);
     // Rewriting the same page does not remap it.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Done);
     assert!(vm.take().is_empty());
     // Moving it: the old overlay goes (RAM comes back), then the new one appears.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, 0x5000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, 0x5000 | 1), MsrWrite::Done);
     let effects = vm.take();
     assert_eq!(effects.len(), 2);
     assert_eq!(effects[0], Effect::Overlay(0, None));
@@ -480,16 +393,11 @@ fn hypercall_page_needs_a_guest_os_id_then_overlays() {
 
 #[test]
 fn amd_hosts_get_vmmcall_in_the_page() {
-    let host = HostFacts {
-        instruction: HypercallInstruction::Vmmcall,
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { instruction: HypercallInstruction::Vmmcall, ..HostFacts::nominal() };
     let vm = Vm::with_host(&config(|_| {}), &host);
     vm.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, 1);
     vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 1);
-    let Effect::Overlay(_, Some((_, page))) = &vm.take()[0] else {
-        panic!()
-    };
+    let Effect::Overlay(_, Some((_, page))) = &vm.take()[0] else { panic!() };
     assert_eq!(&page[..4], &[0x0f, 0x01, 0xd9, 0xc3]);
 }
 
@@ -505,22 +413,10 @@ fn zeroing_the_guest_os_id_disables_the_page() {
 #[test]
 fn hypercall_msr_lock_reserved_bits_and_bounds() {
     let vm = default_vm();
-    for bad in [
-        HC_PAGE | 1 | 1 << 2,
-        HC_PAGE | 1 | 0x800,
-        1 << 52 | 1,
-        u64::MAX,
-    ] {
-        assert_eq!(
-            vm.wrmsr(0, HV_X64_MSR_HYPERCALL, bad),
-            MsrWrite::Gp,
-            "{bad:#x}"
-        );
+    for bad in [HC_PAGE | 1 | 1 << 2, HC_PAGE | 1 | 0x800, 1 << 52 | 1, u64::MAX] {
+        assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, bad), MsrWrite::Gp, "{bad:#x}");
     }
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 3),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, HC_PAGE | 3), MsrWrite::Done);
     assert_eq!(vm.val(0, HV_X64_MSR_HYPERCALL), HC_PAGE | 3);
     // Locked: no more writes, not even the same value.
     assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, 0x5000 | 1), MsrWrite::Gp);
@@ -540,11 +436,7 @@ fn failing_overlay_is_a_gp() {
     let p = NoOverlay(RecordingPlatform::new(4));
     impl NoOverlay {
         fn ctx<'a>(&'a self, mem: &'a polyvisor_core::GuestMemoryMmap) -> MsrContext<'a> {
-            MsrContext {
-                vcpu: 0,
-                memory: mem,
-                platform: self,
-            }
+            MsrContext { vcpu: 0, memory: mem, platform: self }
         }
     }
     impl Platform for NoOverlay {
@@ -583,18 +475,9 @@ fn failing_overlay_is_a_gp() {
         }
     }
     let ctx = p.ctx(&vm.mem);
-    assert_eq!(
-        vm.engine.write_msr(&ctx, HV_X64_MSR_GUEST_OS_ID, 1),
-        MsrWrite::Done
-    );
-    assert_eq!(
-        vm.engine.write_msr(&ctx, HV_X64_MSR_HYPERCALL, HC_PAGE | 1),
-        MsrWrite::Gp
-    );
-    assert_eq!(
-        vm.engine.read_msr(&ctx, HV_X64_MSR_HYPERCALL),
-        MsrRead::Value(0)
-    );
+    assert_eq!(vm.engine.write_msr(&ctx, HV_X64_MSR_GUEST_OS_ID, 1), MsrWrite::Done);
+    assert_eq!(vm.engine.write_msr(&ctx, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Gp);
+    assert_eq!(vm.engine.read_msr(&ctx, HV_X64_MSR_HYPERCALL), MsrRead::Value(0));
 }
 
 #[test]
@@ -606,43 +489,13 @@ fn msr_gating_follows_the_advertised_bits() {
         (HV_X64_MSR_VP_INDEX, HV_MSR_VP_INDEX_AVAILABLE, 0, false),
         (HV_X64_MSR_RESET, HV_MSR_RESET_AVAILABLE, 0, true),
         (HV_X64_MSR_VP_RUNTIME, HV_MSR_VP_RUNTIME_AVAILABLE, 0, false),
-        (
-            HV_X64_MSR_TIME_REF_COUNT,
-            HV_MSR_TIME_REF_COUNT_AVAILABLE,
-            0,
-            false,
-        ),
-        (
-            HV_X64_MSR_REFERENCE_TSC,
-            HV_MSR_REFERENCE_TSC_AVAILABLE,
-            0,
-            true,
-        ),
+        (HV_X64_MSR_TIME_REF_COUNT, HV_MSR_TIME_REF_COUNT_AVAILABLE, 0, false),
+        (HV_X64_MSR_REFERENCE_TSC, HV_MSR_REFERENCE_TSC_AVAILABLE, 0, true),
         (HV_X64_MSR_TSC_FREQUENCY, HV_ACCESS_FREQUENCY_MSRS, 0, false),
-        (
-            HV_X64_MSR_APIC_FREQUENCY,
-            HV_ACCESS_FREQUENCY_MSRS,
-            0,
-            false,
-        ),
-        (
-            HV_X64_MSR_CRASH_P0,
-            0,
-            HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE,
-            true,
-        ),
-        (
-            HV_X64_MSR_CRASH_P4,
-            0,
-            HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE,
-            true,
-        ),
-        (
-            HV_X64_MSR_CRASH_CTL,
-            0,
-            HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE,
-            true,
-        ),
+        (HV_X64_MSR_APIC_FREQUENCY, HV_ACCESS_FREQUENCY_MSRS, 0, false),
+        (HV_X64_MSR_CRASH_P0, 0, HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE, true),
+        (HV_X64_MSR_CRASH_P4, 0, HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE, true),
+        (HV_X64_MSR_CRASH_CTL, 0, HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE, true),
     ];
     for &(msr, privilege, feature, writable) in cases {
         // Off: #GP both ways.
@@ -656,10 +509,7 @@ fn msr_gating_follows_the_advertised_bits() {
         }
         // On: readable; writable only where the TLFS says so.
         let on = Vm::new(&config(|_| {}));
-        assert!(
-            matches!(on.rdmsr(0, msr), MsrRead::Value(_)),
-            "read {msr:#x} on"
-        );
+        assert!(matches!(on.rdmsr(0, msr), MsrRead::Value(_)), "read {msr:#x} on");
         let w = on.wrmsr(0, msr, 0);
         if writable {
             assert_eq!(w, MsrWrite::Done, "write {msr:#x} on");
@@ -669,14 +519,7 @@ fn msr_gating_follows_the_advertised_bits() {
     }
     // Unadvertised MSRs of the range: SynIC, STIMER, APIC access, VP assist, syndbg.
     let vm = Vm::new(&config(|_| {}));
-    for msr in [
-        0x4000_0070,
-        0x4000_0073,
-        0x4000_0080,
-        0x4000_0090,
-        0x4000_00b0,
-        0x4000_00f1,
-    ] {
+    for msr in [0x4000_0070, 0x4000_0073, 0x4000_0080, 0x4000_0090, 0x4000_00b0, 0x4000_00f1] {
         assert_eq!(vm.rdmsr(0, msr), MsrRead::Gp, "{msr:#x}");
         assert_eq!(vm.wrmsr(0, msr, 0), MsrWrite::Gp, "{msr:#x}");
     }
@@ -689,11 +532,7 @@ fn vp_index_is_the_vcpu_index() {
     for v in 0..4 {
         assert_eq!(vm.val(v, HV_X64_MSR_VP_INDEX), u64::from(v));
     }
-    assert_eq!(
-        vm.rdmsr(4, HV_X64_MSR_VP_INDEX),
-        MsrRead::Gp,
-        "beyond the configured vCPUs"
-    );
+    assert_eq!(vm.rdmsr(4, HV_X64_MSR_VP_INDEX), MsrRead::Gp, "beyond the configured vCPUs");
     assert_eq!(vm.rdmsr(4, HV_X64_MSR_VP_RUNTIME), MsrRead::Gp);
     assert_eq!(vm.wrmsr(1, HV_X64_MSR_VP_INDEX, 1), MsrWrite::Gp);
 }
@@ -703,20 +542,12 @@ fn time_ref_count_and_vp_runtime_count_100ns_from_zero() {
     let vm = Vm::new(&config(|c| {
         c.hyperv.privileges = Some(0x63 | HV_ACCESS_FREQUENCY_MSRS);
     }));
-    assert_eq!(
-        vm.val(0, HV_X64_MSR_TIME_REF_COUNT),
-        0,
-        "0 at partition start"
-    );
-    vm.rec()
-        .now_ns
-        .store(12_345, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vm.val(0, HV_X64_MSR_TIME_REF_COUNT), 0, "0 at partition start");
+    vm.rec().now_ns.store(12_345, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.val(0, HV_X64_MSR_TIME_REF_COUNT), 123);
     assert_eq!(vm.val(2, HV_X64_MSR_VP_RUNTIME), 123);
     // A clock that steps back is not followed.
-    vm.rec()
-        .now_ns
-        .store(5_000, std::sync::atomic::Ordering::Relaxed);
+    vm.rec().now_ns.store(5_000, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.val(0, HV_X64_MSR_TIME_REF_COUNT), 123);
     assert_eq!(vm.val(2, HV_X64_MSR_VP_RUNTIME), 123);
     assert_eq!(vm.val(1, HV_X64_MSR_VP_RUNTIME), 50, "per VP");
@@ -744,10 +575,7 @@ fn reference_tsc_page_agrees_with_time_ref_count() {
     let vm = Vm::new(&config(|_| {}));
     vm.rec().now_ns.store(7_000_000, Relaxed);
     assert_eq!(vm.val(0, HV_X64_MSR_TIME_REF_COUNT), 70_000);
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1), MsrWrite::Done);
     assert_eq!(vm.val(1, HV_X64_MSR_REFERENCE_TSC), 0x4000 | 1);
     let (seq, scale, _) = read_tsc_page(&vm, 0x4000);
     assert_eq!(seq, 1);
@@ -757,52 +585,27 @@ fn reference_tsc_page_agrees_with_time_ref_count() {
         vm.rec().now_ns.store(now, Relaxed);
         let msr = vm.val(0, HV_X64_MSR_TIME_REF_COUNT);
         let page = page_time(&vm, 0x4000);
-        assert!(
-            msr.abs_diff(page) <= 10,
-            "within 1 us: msr {msr} page {page}"
-        );
+        assert!(msr.abs_diff(page) <= 10, "within 1 us: msr {msr} page {page}");
         assert!(msr.abs_diff(now / 100) <= 10);
     }
     // Re-publishing gets a new sequence; disabling falls back to the clock, monotonic.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x5000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x5000 | 1), MsrWrite::Done);
     assert_eq!(read_tsc_page(&vm, 0x5000).0, 2);
     let before = vm.val(0, HV_X64_MSR_TIME_REF_COUNT);
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x5000),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x5000), MsrWrite::Done);
     assert!(vm.val(0, HV_X64_MSR_TIME_REF_COUNT) >= before);
     // Reserved bits, a page outside RAM, or beyond the GPA space: #GP.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 3),
-        MsrWrite::Gp
-    );
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x20_0000 | 1),
-        MsrWrite::Gp
-    );
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 1 << 60 | 1),
-        MsrWrite::Gp
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 3), MsrWrite::Gp);
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x20_0000 | 1), MsrWrite::Gp);
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 1 << 60 | 1), MsrWrite::Gp);
 }
 
 #[test]
 fn tsc_scale_bounds() {
     assert_eq!(super::msr::tsc_scale(0), None);
-    assert_eq!(
-        super::msr::tsc_scale(10_000),
-        None,
-        "10 MHz overflows the scale"
-    );
+    assert_eq!(super::msr::tsc_scale(10_000), None, "10 MHz overflows the scale");
     assert_eq!(super::msr::tsc_scale(10_001).map(|s| s > 0), Some(true));
-    assert_eq!(
-        super::msr::tsc_scale(1_000_000),
-        Some(((1u128 << 64) / 100) as u64)
-    );
+    assert_eq!(super::msr::tsc_scale(1_000_000), Some(((1u128 << 64) / 100) as u64));
 }
 
 #[test]
@@ -811,16 +614,10 @@ fn reset_and_crash_msrs_end_the_vm() {
     assert_eq!(vm.val(0, HV_X64_MSR_RESET), 0);
     assert_eq!(vm.wrmsr(0, HV_X64_MSR_RESET, 0), MsrWrite::Done);
     assert_eq!(vm.wrmsr(0, HV_X64_MSR_RESET, 2), MsrWrite::Done);
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_RESET, 1),
-        MsrWrite::Exit(ExitReason::Reboot)
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_RESET, 1), MsrWrite::Exit(ExitReason::Reboot));
     assert_eq!(vm.val(0, HV_X64_MSR_CRASH_CTL), HV_CRASH_CTL_CRASH_NOTIFY);
     for i in 0..5 {
-        assert_eq!(
-            vm.wrmsr(0, HV_X64_MSR_CRASH_P0 + i, 0x1000 + u64::from(i)),
-            MsrWrite::Done
-        );
+        assert_eq!(vm.wrmsr(0, HV_X64_MSR_CRASH_P0 + i, 0x1000 + u64::from(i)), MsrWrite::Done);
         assert_eq!(vm.val(1, HV_X64_MSR_CRASH_P0 + i), 0x1000 + u64::from(i));
     }
     assert_eq!(vm.wrmsr(0, HV_X64_MSR_CRASH_CTL, 0), MsrWrite::Done);
@@ -829,10 +626,7 @@ fn reset_and_crash_msrs_end_the_vm() {
     else {
         panic!()
     };
-    assert!(
-        text.contains("P0=0x1000") && text.contains("P4=0x1004"),
-        "{text}"
-    );
+    assert!(text.contains("P0=0x1000") && text.contains("P4=0x1004"), "{text}");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -848,33 +642,24 @@ fn disabled_unknown_denied_and_wrong_mode() {
     assert_eq!(st(&vm.call(0xbeef, 0, 0)), HV_STATUS_INVALID_HYPERCALL_CODE);
     assert_eq!(st(&vm.call(0x0001, 0, 0)), HV_STATUS_INVALID_HYPERCALL_CODE);
     // Code validity comes before the reserved-bit check.
-    assert_eq!(
-        st(&vm.call(0xbeef | 1 << 63, 0, 0)),
-        HV_STATUS_INVALID_HYPERCALL_CODE
-    );
+    assert_eq!(st(&vm.call(0xbeef | 1 << 63, 0, 0)), HV_STATUS_INVALID_HYPERCALL_CODE);
     let denied = Vm::new(&config(|c| {
-        c.hypervisor.deny = vec![polyvisor_config::Selector(
-            polyvisor_core::CallSelector::Name("HvExtCallQueryCapabilities".into()),
-        )]
+        c.hypervisor.deny = vec![polyvisor_config::Selector(polyvisor_core::CallSelector::Name(
+            "HvExtCallQueryCapabilities".into(),
+        ))]
     }));
     denied.enable();
     assert_eq!(st(&denied.call(0x8001, 0, OUT)), HV_STATUS_ACCESS_DENIED);
-    for (cpl, mode) in [
-        (3, CpuMode::Long64),
-        (1, CpuMode::Long64),
-        (3, CpuMode::Protected32),
-        (0, CpuMode::Real),
-    ] {
+    for (cpl, mode) in
+        [(3, CpuMode::Long64), (1, CpuMode::Long64), (3, CpuMode::Protected32), (0, CpuMode::Real)]
+    {
         let mut v = snap64(0x8001, 0, OUT);
         v.cpl = cpl;
         v.mode = mode;
         assert!(is_ud(&vm.call_snap(&v)), "cpl {cpl} {mode}");
         let mut unknown = v;
         unknown.regs.rcx = 0xbeef;
-        assert!(
-            is_ud(&vm.call_snap(&unknown)),
-            "unknown code at cpl {cpl} {mode}"
-        );
+        assert!(is_ud(&vm.call_snap(&unknown)), "unknown code at cpl {cpl} {mode}");
     }
 }
 
@@ -890,35 +675,17 @@ fn reserved_bits_rep_and_header_checks() {
         );
     }
     // A rep count or start on a simple call.
-    assert_eq!(
-        st(&vm.call(ext | 1 << 32, 0, OUT)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
-    assert_eq!(
-        st(&vm.call(ext | 1 << 48, 0, OUT)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(ext | 1 << 32, 0, OUT)), HV_STATUS_INVALID_HYPERCALL_INPUT);
+    assert_eq!(st(&vm.call(ext | 1 << 48, 0, OUT)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     // A variable header where none is taken.
-    assert_eq!(
-        st(&vm.call(ext | 1 << 17, 0, OUT)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(ext | 1 << 17, 0, OUT)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     let ipi = var(HVCALL_SEND_IPI, 1);
     assert_eq!(st(&vm.call(ipi, IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     // A rep call without a rep count, or with the start index not below the count.
     let list = HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST;
-    assert_eq!(
-        st(&vm.call(rep(list, 0, 0), IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
-    assert_eq!(
-        st(&vm.call(rep(list, 2, 2), IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
-    assert_eq!(
-        st(&vm.call(rep(list, 2, 5), IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(rep(list, 0, 0), IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
+    assert_eq!(st(&vm.call(rep(list, 2, 2), IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
+    assert_eq!(st(&vm.call(rep(list, 2, 5), IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     // The privilege gate comes before the reserved bits (KVM's order).
     let vm = Vm::new(&config(|c| c.hyperv.privileges = Some(0x60)));
     vm.enable();
@@ -929,27 +696,13 @@ fn reserved_bits_rep_and_header_checks() {
 fn bad_gpas_are_invalid_alignment() {
     let vm = default_vm();
     let ext = u64::from(HV_EXT_CALL_QUERY_CAPABILITIES);
-    for out in [
-        OUT + 4,
-        OUT + 0xffc,
-        RAM as u64,
-        u64::MAX - 7,
-        0x1_0000_0000,
-    ] {
-        assert_eq!(
-            st(&vm.call(ext, 0, out)),
-            HV_STATUS_INVALID_ALIGNMENT,
-            "{out:#x}"
-        );
+    for out in [OUT + 4, OUT + 0xffc, RAM as u64, u64::MAX - 7, 0x1_0000_0000] {
+        assert_eq!(st(&vm.call(ext, 0, out)), HV_STATUS_INVALID_ALIGNMENT, "{out:#x}");
     }
     let flush = u64::from(HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE);
     // 24 bytes starting 16 bytes before the page end cross the page.
     for input in [IN + 1, IN + 0xff0, RAM as u64 - 8, !7] {
-        assert_eq!(
-            st(&vm.call(flush, input, 0)),
-            HV_STATUS_INVALID_ALIGNMENT,
-            "{input:#x}"
-        );
+        assert_eq!(st(&vm.call(flush, input, 0)), HV_STATUS_INVALID_ALIGNMENT, "{input:#x}");
     }
     assert!(vm.take().is_empty());
     // The same block one qword earlier fits.
@@ -979,18 +732,12 @@ fn thirty_two_bit_convention() {
     // The result's high half (reps completed) lands in EDX.
     v.regs.rax = 0xbeef;
     let o = vm.call_snap(&v);
-    assert_eq!(
-        o.writes.get(Gpr::Rax),
-        Some(u64::from(HV_STATUS_INVALID_HYPERCALL_CODE))
-    );
+    assert_eq!(o.writes.get(Gpr::Rax), Some(u64::from(HV_STATUS_INVALID_HYPERCALL_CODE)));
     assert_eq!(o.writes.get(Gpr::Rdx), Some(0));
     // A high GPA half in EBX/EDI is part of the address: out of memory.
     v.regs.rax = 0x8001;
     v.regs.rdi = 1;
-    assert_eq!(
-        vm.call_snap(&v).writes.get(Gpr::Rax),
-        Some(u64::from(HV_STATUS_INVALID_ALIGNMENT))
-    );
+    assert_eq!(vm.call_snap(&v).writes.get(Gpr::Rax), Some(u64::from(HV_STATUS_INVALID_ALIGNMENT)));
     // Reserved bits in EDX (input value bits 63:60).
     v.regs.rdi = 0;
     v.regs.rdx = 0xf000_0000;
@@ -1041,11 +788,7 @@ fn flush_space_targets_and_flags() {
     assert_eq!(st(&vm.call(space, IN, 0)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take(), vec![Effect::FlushTlb(1), Effect::FlushTlb(3)]);
     // Bits for VPs that do not exist are ignored.
-    put(
-        &vm,
-        IN,
-        &[0, HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY, 1 << 40 | 1],
-    );
+    put(&vm, IN, &[0, HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY, 1 << 40 | 1]);
     assert_eq!(st(&vm.call(space, IN, 0)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take(), vec![Effect::FlushTlb(0)]);
     // ALL_PROCESSORS, or a zero mask (KVM's Windows Server 2012 workaround): everyone.
@@ -1078,15 +821,9 @@ fn flush_list_reps_and_continuation() {
     assert_eq!(vm.take(), vec![Effect::FlushTlb(0)]);
     // NON_GLOBAL_MAPPINGS_ONLY is invalid for the List form; the extended format needs its
     // feature bit.
-    for flags in [
-        HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY,
-        HV_FLUSH_USE_EXTENDED_RANGE_FORMAT,
-    ] {
+    for flags in [HV_FLUSH_NON_GLOBAL_MAPPINGS_ONLY, HV_FLUSH_USE_EXTENDED_RANGE_FORMAT] {
         put(&vm, IN, &[0, flags, 1]);
-        assert_eq!(
-            st(&vm.call(rep(list, 1, 0), IN, 0)),
-            HV_STATUS_INVALID_PARAMETER
-        );
+        assert_eq!(st(&vm.call(rep(list, 1, 0), IN, 0)), HV_STATUS_INVALID_PARAMETER);
     }
     let ext = Vm::new(&everything());
     ext.enable();
@@ -1104,10 +841,7 @@ fn flush_list_reps_and_continuation() {
     assert_eq!(rax(&o), 500 << 32, "reps completed is the total");
     assert_eq!(vm.take().len(), 2);
     // 510 reps do not fit the page.
-    assert_eq!(
-        st(&vm.call(rep(list, 510, 0), IN, 0)),
-        HV_STATUS_INVALID_ALIGNMENT
-    );
+    assert_eq!(st(&vm.call(rep(list, 510, 0), IN, 0)), HV_STATUS_INVALID_ALIGNMENT);
     // The 32-bit form updates EDX:EAX with the new start index and leaves RIP alone.
     let mut v = snapshot(Registers {
         rax: control & 0xffff_ffff,
@@ -1137,11 +871,7 @@ fn flush_ex_processor_sets() {
     assert_eq!(st(&vm.call(var(space_ex, 1), IN, 0)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take(), vec![Effect::FlushTlb(2), Effect::FlushTlb(3)]);
     // Banks 1 and 3 name no VP of this VM.
-    put(
-        &vm,
-        IN,
-        &[0, 0, HV_GENERIC_SET_SPARSE_4K, 0b1010, u64::MAX, u64::MAX],
-    );
+    put(&vm, IN, &[0, 0, HV_GENERIC_SET_SPARSE_4K, 0b1010, u64::MAX, u64::MAX]);
     assert_eq!(st(&vm.call(var(space_ex, 2), IN, 0)), HV_STATUS_SUCCESS);
     assert!(vm.take().is_empty());
     // The header size must count the banks exactly.
@@ -1157,17 +887,10 @@ fn flush_ex_processor_sets() {
     assert_eq!(st(&vm.call(var(space_ex, 0), IN, 0)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take().len(), 4);
     put(&vm, IN, &[0, 0, 2, 0]);
-    assert_eq!(
-        st(&vm.call(var(space_ex, 0), IN, 0)),
-        HV_STATUS_INVALID_PARAMETER
-    );
+    assert_eq!(st(&vm.call(var(space_ex, 0), IN, 0)), HV_STATUS_INVALID_PARAMETER);
     // ListEx: reps after the variable header.
     let list_ex = HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST_EX;
-    put(
-        &vm,
-        IN,
-        &[0, 0, HV_GENERIC_SET_SPARSE_4K, 1, 0b1, 0x1000, 0x2000],
-    );
+    put(&vm, IN, &[0, 0, HV_GENERIC_SET_SPARSE_4K, 1, 0b1, 0x1000, 0x2000]);
     let o = vm.call(rep(list_ex, 2, 0) | 1 << 17, IN, 0);
     assert_eq!(rax(&o), 2 << 32);
     assert_eq!(vm.take(), vec![Effect::FlushTlb(0)]);
@@ -1180,11 +903,7 @@ fn xmm_fast_flush_needs_the_feature_and_the_vmm() {
     assert!(is_ud(&vm.call(space, 0, 0)), "XMM input not advertised");
     let vm = Vm::new(&everything());
     vm.enable();
-    assert_eq!(
-        st(&vm.call(space, 0, 0)),
-        HV_STATUS_OPERATION_DENIED,
-        "VMM cannot read XMM"
-    );
+    assert_eq!(st(&vm.call(space, 0, 0)), HV_STATUS_OPERATION_DENIED, "VMM cannot read XMM");
     // XMM0 low quadword: the processor mask.
     *vm.rec().xmm.lock().unwrap() = Some([0b100 | (7u128 << 64), 0, 0, 0, 0, 0]);
     assert_eq!(st(&vm.call(space, 0x1000, 0)), HV_STATUS_SUCCESS);
@@ -1198,10 +917,7 @@ fn xmm_fast_flush_needs_the_feature_and_the_vmm() {
     let list = fast(HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST);
     *vm.rec().xmm.lock().unwrap() = Some([1, 0, 0, 0, 0, 0]);
     assert_eq!(rax(&vm.call(list | 11 << 32, 0, 0)), 11 << 32);
-    assert_eq!(
-        st(&vm.call(list | 12 << 32, 0, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(list | 12 << 32, 0, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
 }
 
 #[test]
@@ -1209,14 +925,8 @@ fn send_ipi_plain_and_ex() {
     let vm = default_vm();
     let ipi = u64::from(HVCALL_SEND_IPI);
     // Fast: RDX = vector (and TargetVtl), R8 = mask.
-    assert_eq!(
-        st(&vm.call(fast(HVCALL_SEND_IPI), 0xef, 0b1001)),
-        HV_STATUS_SUCCESS
-    );
-    assert_eq!(
-        vm.take(),
-        vec![Effect::Interrupt(0, 0xef), Effect::Interrupt(3, 0xef)]
-    );
+    assert_eq!(st(&vm.call(fast(HVCALL_SEND_IPI), 0xef, 0b1001)), HV_STATUS_SUCCESS);
+    assert_eq!(vm.take(), vec![Effect::Interrupt(0, 0xef), Effect::Interrupt(3, 0xef)]);
     // Padding is ignored; a target VTL other than 0 or a vector outside 0x10..=0xFF is not.
     assert_eq!(st(&vm.call(fast(HVCALL_SEND_IPI), 0xff00_0000_0030, 1)), 0);
     assert_eq!(vm.take(), vec![Effect::Interrupt(0, 0x30)]);
@@ -1236,25 +946,16 @@ fn send_ipi_plain_and_ex() {
     let ex = HVCALL_SEND_IPI_EX;
     put(&vm, IN, &[0x50, HV_GENERIC_SET_SPARSE_4K, 1, 0b110]);
     assert_eq!(st(&vm.call(var(ex, 1), IN, 0)), HV_STATUS_SUCCESS);
-    assert_eq!(
-        vm.take(),
-        vec![Effect::Interrupt(1, 0x50), Effect::Interrupt(2, 0x50)]
-    );
+    assert_eq!(vm.take(), vec![Effect::Interrupt(1, 0x50), Effect::Interrupt(2, 0x50)]);
     put(&vm, IN, &[0x50, HV_GENERIC_SET_ALL, 0]);
     assert_eq!(st(&vm.call(var(ex, 0), IN, 0)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take().len(), 4);
     put(&vm, IN, &[0x5, HV_GENERIC_SET_ALL, 0]);
-    assert_eq!(
-        st(&vm.call(var(ex, 0), IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(var(ex, 0), IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     put(&vm, IN, &[0x50, 7, 0]);
     assert_eq!(st(&vm.call(var(ex, 0), IN, 0)), HV_STATUS_INVALID_PARAMETER);
     put(&vm, IN, &[0x50, 0, 0b11, 1, 1]);
-    assert_eq!(
-        st(&vm.call(var(ex, 1), IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(var(ex, 1), IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     // Ex fast passes the set in XMM registers: #UD without XMM input.
     assert!(is_ud(&vm.call(fast(ex), 0x50, HV_GENERIC_SET_ALL)));
     assert!(vm.take().is_empty());
@@ -1270,20 +971,11 @@ fn post_message_and_signal_event_without_synic() {
     let post = u64::from(HVCALL_POST_MESSAGE);
     let signal = u64::from(HVCALL_SIGNAL_EVENT);
     assert_eq!(st(&vm.call(post, IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
-    assert_eq!(
-        st(&vm.call(signal, IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(signal, IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
     assert_eq!(st(&vm.call(fast(HVCALL_SIGNAL_EVENT), 1, 0)), 3);
-    assert_eq!(
-        st(&vm.call(post, IN + 0xf08, 0)),
-        HV_STATUS_INVALID_ALIGNMENT
-    );
+    assert_eq!(st(&vm.call(post, IN + 0xf08, 0)), HV_STATUS_INVALID_ALIGNMENT);
     assert_eq!(st(&vm.call(signal, IN + 2, 0)), HV_STATUS_INVALID_ALIGNMENT);
-    assert_eq!(
-        st(&vm.call(post | 1 << 32, IN, 0)),
-        HV_STATUS_INVALID_HYPERCALL_INPUT
-    );
+    assert_eq!(st(&vm.call(post | 1 << 32, IN, 0)), HV_STATUS_INVALID_HYPERCALL_INPUT);
 }
 
 #[test]
@@ -1309,19 +1001,12 @@ fn debug_channel() {
     vm.mem.write_obj(0xffff_ffffu32, GuestAddress(OUT)).unwrap();
     assert_eq!(st(&vm.call(post, IN, OUT)), HV_STATUS_SUCCESS);
     assert_eq!(vm.take(), vec![Effect::DebugPost(0, b"hello".to_vec())]);
-    assert_eq!(
-        vm.mem.read_obj::<u32>(GuestAddress(OUT)).unwrap(),
-        0,
-        "nothing pending"
-    );
+    assert_eq!(vm.mem.read_obj::<u32>(GuestAddress(OUT)).unwrap(), 0, "nothing pending");
     // Too much data, data crossing the page, overlapping blocks, the fast form.
     vm.mem.write_obj(4089u32, GuestAddress(IN)).unwrap();
     assert_eq!(st(&vm.call(post, IN, OUT)), HV_STATUS_INVALID_PARAMETER);
     vm.mem.write_obj(8u32, GuestAddress(IN + 0xff8)).unwrap();
-    assert_eq!(
-        st(&vm.call(post, IN + 0xff8, OUT)),
-        HV_STATUS_INVALID_ALIGNMENT
-    );
+    assert_eq!(st(&vm.call(post, IN + 0xff8, OUT)), HV_STATUS_INVALID_ALIGNMENT);
     vm.mem.write_obj(8u32, GuestAddress(IN)).unwrap();
     assert_eq!(st(&vm.call(post, IN, IN + 8)), HV_STATUS_INVALID_PARAMETER);
     assert_eq!(st(&vm.call(fast(HVCALL_POST_DEBUG_DATA), IN, OUT)), 5);
@@ -1330,16 +1015,9 @@ fn debug_channel() {
     put(&vm, IN, &[16, 0]);
     assert_eq!(st(&vm.call(retrieve, IN, OUT)), HV_STATUS_NO_DATA);
     assert_eq!(vm.mem.read_obj::<u64>(GuestAddress(OUT)).unwrap(), 16 << 32);
-    vm.rec()
-        .debug_input
-        .lock()
-        .unwrap()
-        .extend_from_slice(b"go");
+    vm.rec().debug_input.lock().unwrap().extend_from_slice(b"go");
     assert_eq!(st(&vm.call(retrieve, IN, OUT)), HV_STATUS_SUCCESS);
-    assert_eq!(
-        vm.mem.read_obj::<u64>(GuestAddress(OUT)).unwrap(),
-        2 | 14 << 32
-    );
+    assert_eq!(vm.mem.read_obj::<u64>(GuestAddress(OUT)).unwrap(), 2 | 14 << 32);
     let mut got = [0u8; 2];
     vm.mem.read_slice(&mut got, GuestAddress(OUT + 8)).unwrap();
     assert_eq!(&got, b"go");
@@ -1349,19 +1027,13 @@ fn debug_channel() {
     let reset = u64::from(HVCALL_RESET_DEBUG_SESSION);
     put(&vm, OUT, &[u64::MAX; 3]);
     assert_eq!(st(&vm.call(reset, 0, OUT)), HV_STATUS_SUCCESS);
-    assert_eq!(
-        vm.mem.read_obj::<[u64; 3]>(GuestAddress(OUT)).unwrap(),
-        [0; 3]
-    );
+    assert_eq!(vm.mem.read_obj::<[u64; 3]>(GuestAddress(OUT)).unwrap(), [0; 3]);
     // No channel in the VMM.
     let bare = Vm::new(&everything()).bare();
     bare.enable();
     put(&bare, IN, &[1, 0]);
     assert_eq!(st(&bare.call(post, IN, OUT)), HV_STATUS_OPERATION_DENIED);
-    assert_eq!(
-        st(&bare.call(retrieve, IN, OUT)),
-        HV_STATUS_OPERATION_DENIED
-    );
+    assert_eq!(st(&bare.call(retrieve, IN, OUT)), HV_STATUS_OPERATION_DENIED);
     assert_eq!(st(&bare.call(reset, 0, OUT)), HV_STATUS_OPERATION_DENIED);
     // Without the Debugging privilege.
     let vm = default_vm();
@@ -1372,43 +1044,25 @@ fn debug_channel() {
 fn linux_init_order_then_calls_succeed() {
     let vm = Vm::new(&config(|_| {}));
     // 1. reference TSC page, before the guest OS id.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_REFERENCE_TSC, 0x4000 | 1), MsrWrite::Done);
     assert_eq!(read_tsc_page(&vm, 0x4000).0, 1);
     // 2. per CPU: VP_INDEX.
     for v in 0..4 {
         assert_eq!(vm.val(v, HV_X64_MSR_VP_INDEX), u64::from(v));
     }
     // 3. guest OS id; 4. read then write HYPERCALL.
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID | 6 << 16),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID | 6 << 16), MsrWrite::Done);
     let hc = vm.val(0, HV_X64_MSR_HYPERCALL);
-    assert_eq!(
-        vm.wrmsr(0, HV_X64_MSR_HYPERCALL, hc | HC_PAGE | 1),
-        MsrWrite::Done
-    );
+    assert_eq!(vm.wrmsr(0, HV_X64_MSR_HYPERCALL, hc | HC_PAGE | 1), MsrWrite::Done);
     let effects = vm.take();
-    assert!(matches!(
-        &effects[..],
-        [Effect::Overlay(0, Some((HC_PAGE, _)))]
-    ));
+    assert!(matches!(&effects[..], [Effect::Overlay(0, Some((HC_PAGE, _)))]));
     // Calls now work from any vCPU.
     let mut v = snap64(fast(HVCALL_SEND_IPI), 0x31, 0b1);
     v.vcpu = 3;
     assert_eq!(st(&vm.call_snap(&v)), HV_STATUS_SUCCESS);
     put(&vm, IN, &[0, HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES, 0b10]);
-    assert_eq!(
-        st(&vm.call(u64::from(HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE), IN, 0)),
-        0
-    );
-    assert_eq!(
-        vm.take(),
-        vec![Effect::Interrupt(0, 0x31), Effect::FlushTlb(1)]
-    );
+    assert_eq!(st(&vm.call(u64::from(HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE), IN, 0)), 0);
+    assert_eq!(vm.take(), vec![Effect::Interrupt(0, 0x31), Effect::FlushTlb(1)]);
 }
 
 #[test]
@@ -1416,19 +1070,10 @@ fn rows_and_counters() {
     let vm = default_vm();
     let rows = vm.engine.rows();
     assert_eq!(rows.len(), 13);
-    assert!(rows
-        .iter()
-        .all(|r| r.rings == "0" && r.implemented && r.permitted));
-    assert!(rows
-        .iter()
-        .any(|r| r.name == "HvCallNotifyLongSpinWait" && r.number == 8));
+    assert!(rows.iter().all(|r| r.rings == "0" && r.implemented && r.permitted));
+    assert!(rows.iter().any(|r| r.name == "HvCallNotifyLongSpinWait" && r.number == 8));
     vm.call(0x8001, 0, OUT);
-    let row = vm
-        .engine
-        .rows()
-        .into_iter()
-        .find(|r| r.number == 0x8001)
-        .unwrap();
+    let row = vm.engine.rows().into_iter().find(|r| r.number == 0x8001).unwrap();
     assert_eq!(row.counters.calls, 1);
     assert_eq!(vm.engine.mode(), polyvisor_core::HypervisorMode::Hyperv);
 }
@@ -1522,19 +1167,11 @@ fn every_refusal_kind_has_its_answer() {
     let p = vm.engine.personality();
     let v = snap64(0, 0, 0);
     assert!(is_ud(&p.refuse(&v, Refusal::Disabled)));
-    assert!(is_ud(
-        &p.refuse(&v, Refusal::WrongRing { number: 2, cpl: 3 })
-    ));
-    for r in [
-        Refusal::Unknown { number: 9 },
-        Refusal::Unimplemented { number: 9 },
-    ] {
+    assert!(is_ud(&p.refuse(&v, Refusal::WrongRing { number: 2, cpl: 3 })));
+    for r in [Refusal::Unknown { number: 9 }, Refusal::Unimplemented { number: 9 }] {
         assert_eq!(st(&p.refuse(&v, r)), HV_STATUS_INVALID_HYPERCALL_CODE);
     }
-    assert_eq!(
-        st(&p.refuse(&v, Refusal::Denied { number: 2 })),
-        HV_STATUS_ACCESS_DENIED
-    );
+    assert_eq!(st(&p.refuse(&v, Refusal::Denied { number: 2 })), HV_STATUS_ACCESS_DENIED);
     // 32-bit callers get the status in EDX:EAX.
     let mut v32 = v;
     v32.mode = CpuMode::Protected32;
