@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use polyvisor_config::Config;
 use polyvisor_core::testing::{memory, snapshot, RecordingPlatform};
-use polyvisor_core::{HypervisorMode, Registers};
+use polyvisor_core::{HypervisorMode, MsrContext, Registers};
 use polyvisor_personalities::{build, HostFacts};
 use strum::IntoEnumIterator;
 
@@ -32,7 +32,17 @@ fn dispatch(c: &mut Criterion) {
         config.hypervisor.mode = mode;
         config.hypervisor.hypercalls_enabled = true;
         let Ok(engine) = build(&config, &HostFacts::nominal()) else { continue };
+        if mode == HypervisorMode::Hyperv {
+            // A Hyper-V guest may call only after GUEST_OS_ID and the hypercall page are set.
+            let ctx = MsrContext { vcpu: 0, memory: &mem, platform: &platform };
+            engine.write_msr(&ctx, 0x4000_0000, 0x8100_0000_0000_0000);
+            engine.write_msr(&ctx, 0x4000_0001, 0x10_0000 | 1);
+        }
         let vcpu = snapshot(cheapest(mode));
+        assert!(
+            !engine.hypercall(&vcpu, &mem, &platform).is_fault(),
+            "{mode}: the call must succeed"
+        );
         c.bench_function(&format!("dispatch/{mode}/cheapest"), |b| {
             b.iter(|| engine.hypercall(black_box(&vcpu), &mem, &platform))
         });
