@@ -1147,10 +1147,11 @@ fn engine_is_shareable() {
 
 #[test]
 fn the_documented_example_config_builds() {
-    let doc = include_str!("../../../docs/config-hyperv.md");
-    let start = doc.find("```toml\n").unwrap() + 8;
+    let doc = include_str!("../../../docs/config.md");
+    let section = doc.find("## `[hyperv]`").unwrap();
+    let start = section + doc[section..].find("```toml\n").unwrap() + 8;
     let len = doc[start..].find("```").unwrap();
-    let c = Config::parse(&doc[start..start + len], "docs/config-hyperv.md").unwrap();
+    let c = Config::parse(&doc[start..start + len], "docs/config.md").unwrap();
     let vm = Vm::new(&c);
     let f = vm.engine.cpuid(0)[3];
     assert_eq!((f.eax, f.ebx, f.edx), (0x62, 0, 0));
