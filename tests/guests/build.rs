@@ -72,6 +72,9 @@ const GUESTS: &[Guest] = &[
     Guest { name: "rtcheck_pvh32", flavour: Flavour::Pvh32, sources: &["guests/rtcheck.c"] },
     Guest { name: "rtcheck_pvh64", flavour: Flavour::Pvh64, sources: &["guests/rtcheck.c"] },
     Guest { name: "rtcheck_rwx64", flavour: Flavour::Elf64Rwx, sources: &["guests/rtcheck.c"] },
+    Guest { name: "vmmtest64", flavour: Flavour::Elf64, sources: &["guests/vmmtest.c"] },
+    Guest { name: "vmmtest_rwx64", flavour: Flavour::Elf64Rwx, sources: &["guests/vmmtest.c"] },
+    Guest { name: "vmmtest_pvh32", flavour: Flavour::Pvh32, sources: &["guests/vmmtest.c"] },
 ];
 
 /// Runtime C files linked into every guest.
