@@ -41,6 +41,14 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
     ("bad xen version", "[xen]\nversion = \"four\"\n", 2, 11, &["MAJOR.MINOR"]),
     ("bad domid", "[xen]\ndomid = 0\n", 2, 9, &["domid", "32751"]),
     (
+        "long xen extraversion",
+        "[xen]\nextraversion = \"-0123456789abcdef\"\n",
+        2,
+        16,
+        &["extraversion", "15"],
+    ),
+    ("xen version with no minor", "[xen]\nversion = \"4\"\n", 2, 11, &["MAJOR.MINOR", "\"4\""]),
+    (
         "unknown kvm feature",
         "[kvm]\nfeatures = [\"warp_drive\"]\n",
         2,

@@ -107,4 +107,24 @@ pub trait Platform: Sync {
     fn read_xmm(&self, _vcpu: u32) -> Result<[u128; 6], PlatformError> {
         Err(PlatformError::Unsupported("XMM register access"))
     }
+
+    /// Translates guest linear address `gva` of vCPU `vcpu` (which must be the vCPU making the
+    /// current call) to a guest physical address through the vCPU's current paging mode, as
+    /// a supervisor access would; `write` asks for a writable mapping. ABIs whose hypercall
+    /// arguments are guest virtual addresses (Xen HVM/PVH) need this; a KVM VMM answers it
+    /// with `KVM_TRANSLATE`. The default says the VMM cannot translate, and callers then treat
+    /// addresses as physical (right for guests running with paging off or identity-mapped).
+    fn translate_gva(&self, vcpu: u32, gva: u64, write: bool) -> Result<u64, PlatformError> {
+        let _ = (vcpu, gva, write);
+        Err(PlatformError::Unsupported("translate_gva"))
+    }
+
+    /// Bounds the halt that the outcome being returned for vCPU `vcpu` starts (`Next::Halt`):
+    /// if the vCPU is still halted when [`Platform::monotonic_ns`] reaches `deadline_ns`, the
+    /// VMM wakes it. The bound ends with that halt, whatever ends it. The default says the
+    /// VMM has no such timer; callers then return instead of halting.
+    fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
+        let _ = (vcpu, deadline_ns);
+        Err(PlatformError::Unsupported("halt_until"))
+    }
 }

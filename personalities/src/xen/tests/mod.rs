@@ -1,0 +1,13 @@
+//! Engine-level tests of the xen personality: every table row and sub-operation, both
+//! conventions, every refusal kind and bad guest pointers.
+
+mod codec;
+mod console;
+mod cpuid;
+mod hvm;
+mod hypercall_page;
+mod memory;
+mod robustness;
+mod sched;
+mod vcpu;
+mod version;

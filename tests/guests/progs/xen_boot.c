@@ -1,0 +1,266 @@
+/* xen_boot: starts like a small Xen test kernel (XTF, a unikernel, Linux's early PVH path) and
+ * checks every answer it gets from polyvisor's xen personality (docs/abi/xen.md):
+ *
+ *   1. finds the Xen leaves (0x40000000.. step 0x100, "XenVMMXenVMM", at least 2 leaves),
+ *      reads the version, the hypercall-page MSR and the HVM leaf (vCPU id, domid);
+ *   2. installs the hypercall page through that MSR and checks its stubs;
+ *   3. asks xen_version for the version, extraversion, capabilities and features;
+ *   4. asks hvm_op for the XenStore and console parameters (0 here: no PV platform);
+ *   5. reads the memory map with memory_op and compares it with the start info's;
+ *   6. maps shared_info with XENMEM_add_to_physmap and reads the wallclock and its vCPU's
+ *      time, then moves its vcpu_info with VCPUOP_register_vcpu_info;
+ *   7. prints a line with console_io (CONSOLEIO_write);
+ *   8. shuts down with SCHEDOP_shutdown and the reason from the command line.
+ *
+ * Build as 64-bit PVH (xen_boot_pvh64) and 32-bit PVH (xen_boot_pvh32): the 32-bit image
+ * exercises the compat convention and layouts. VMM config: [hypervisor] mode = "xen",
+ * hypercalls_enabled = true, [xen] defaults (version 4.17, extraversion ".0", domid 1).
+ *
+ * Cmdline:
+ *   via=page|vmcall|vmmcall   how hypercalls are made (default page; raw calls use the CPU's
+ *                             own instruction unless named)
+ *   reason=poweroff|reboot|crash|suspend|watchdog   the shutdown reason (default poweroff)
+ *   version=4.17              the Xen version the VMM is configured to show
+ *   domid=1                   the domid it is configured with
+ *
+ * Exit: when every check passed, the VM ends with the chosen shutdown reason (poweroff =
+ * status 0); when one failed, with SHUTDOWN_crash. If SCHEDOP_shutdown itself returns, the
+ * guest exits with status 0xF0 through port 0xF4.
+ */
+#include "xen_hc.h"
+
+static u8 shared_info_page[4096] __aligned(4096);
+static struct vcpu_info my_vcpu_info __aligned(64);
+static struct e820entry e820[16];
+
+static u32 base;
+
+static const char *reason_names[] = {"poweroff", "reboot", "suspend", "crash", "watchdog"};
+
+static void find_leaves(u32 want_version, u32 domid)
+{
+    u32 r[4];
+    base = xen_cpuid_base();
+    check(base == 0x40000000, "Xen leaves at 0x40000000 (found at 0x%x)", base);
+    if (!base) {
+        gprintf("%s: not running on Xen; giving up\n", GUEST_NAME);
+        exit_vm(1);
+    }
+    cpuid(base, 0, r);
+    check(r[0] == base + 5, "largest Xen leaf base+5 (got 0x%x)", r[0]);
+    cpuid(base + 1, 0, r);
+    gprintf("%s: Xen %u.%u\n", GUEST_NAME, r[0] >> 16, r[0] & 0xffff);
+    check(r[0] == want_version, "CPUID base+1 version 0x%x (got 0x%x)", want_version, r[0]);
+    cpuid(base + 2, 0, r);
+    check(r[0] == 1 && r[1] == 0x40000000, "one hypercall page, MSR 0x40000000 (got %u, 0x%x)",
+          r[0], r[1]);
+    cpuid(base + 4, 0, r);
+    check((r[0] & XEN_HVM_CPUID_VCPU_ID_PRESENT) && r[1] == 0,
+          "HVM leaf: vCPU id present, 0 (got eax=0x%x ebx=%u)", r[0], r[1]);
+    check((r[0] & XEN_HVM_CPUID_DOMID_PRESENT) && r[2] == domid,
+          "HVM leaf: domid present, %u (got %u)", domid, r[2]);
+}
+
+static void install_hypercall_page(enum xen_via raw)
+{
+    u32 r[4];
+    cpuid(base + 2, 0, r);
+    memset(xen_hypercall_page, 0, sizeof xen_hypercall_page);
+    u64 gpa = (u64)PTR(xen_hypercall_page);
+    int vec = wrmsr_safe(r[1], gpa);
+    check(vec == 0, "wrmsr 0x%x = 0x%llx (hypercall page) -> no fault (got %s)", r[1], gpa,
+          vec ? vector_name((unsigned)vec) : "none");
+    const u8 *p = xen_hypercall_page;
+    u8 insn = raw == XEN_VIA_VMMCALL ? 0xd9 : 0xc1;
+    bool stubs = true;
+    for (unsigned i = 0; i < 128 && stubs; i++) {
+        const u8 *s = p + i * 32;
+        if (i == __HYPERVISOR_iret)
+            stubs = s[0] == 0x0f && s[1] == 0x0b && s[2] == 0xcc;
+        else
+            stubs = s[0] == 0xb8 && s[1] == i && !s[2] && !s[3] && !s[4] && s[5] == 0x0f &&
+                    s[6] == 0x01 && s[7] == insn && s[8] == 0xc3 && s[9] == 0xcc;
+    }
+    check(stubs, "hypercall page: 128 stubs mov/%s/ret, ud2 at iret, 0xCC fill",
+          raw == XEN_VIA_VMMCALL ? "vmmcall" : "vmcall");
+    /* A page index in bits 11:0 is refused. */
+    vec = wrmsr_safe(r[1], gpa | 1);
+    check(vec == VEC_GP, "wrmsr with page index 1 -> #GP (got %s)",
+          vec ? vector_name((unsigned)vec) : "none");
+}
+
+static void ask_version(u32 want_version)
+{
+    EXPECT(HC2(__HYPERVISOR_xen_version, XENVER_version, 0), want_version, "XENVER_version");
+    char extra[16];
+    memset(extra, 0x55, sizeof extra);
+    EXPECT(HC2(__HYPERVISOR_xen_version, XENVER_extraversion, PTR(extra)), 0,
+           "XENVER_extraversion");
+    gprintf("%s: extraversion \"%s\"\n", GUEST_NAME, extra[15] == 0 ? extra : "(unterminated)");
+    static char caps[1024];
+    EXPECT(HC2(__HYPERVISOR_xen_version, XENVER_capabilities, PTR(caps)), 0,
+           "XENVER_capabilities");
+    check(!strcmp(caps, "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "),
+          "capabilities \"%s\"", caps);
+    struct xen_feature_info fi = {0, 0};
+    EXPECT(HC2(__HYPERVISOR_xen_version, XENVER_get_features, PTR(&fi)), 0,
+           "XENVER_get_features(0)");
+    gprintf("%s: features 0x%x\n", GUEST_NAME, fi.submap);
+    check((fi.submap & (1u << XENFEAT_auto_translated_physmap)) &&
+              (fi.submap & (1u << XENFEAT_writable_page_tables)),
+          "auto_translated_physmap and writable_page_tables");
+    check(!(fi.submap & (1u << XENFEAT_hvm_callback_vector)),
+          "no hvm_callback_vector (no event channels yet)");
+    EXPECT(HC2(__HYPERVISOR_xen_version, XENVER_pagesize, 0), 4096, "XENVER_pagesize");
+}
+
+static long get_param(u32 index, u64 *value)
+{
+    struct xen_hvm_param p = {DOMID_SELF, 0, index, 0xdeadbeef};
+    long rc = HC2(__HYPERVISOR_hvm_op, HVMOP_get_param, PTR(&p));
+    *value = p.value;
+    return rc;
+}
+
+static void ask_params(void)
+{
+    static const struct {
+        u32 index;
+        const char *name;
+    } params[] = {
+        {HVM_PARAM_STORE_PFN, "STORE_PFN"},
+        {HVM_PARAM_STORE_EVTCHN, "STORE_EVTCHN"},
+        {HVM_PARAM_CONSOLE_PFN, "CONSOLE_PFN"},
+        {HVM_PARAM_CONSOLE_EVTCHN, "CONSOLE_EVTCHN"},
+    };
+    for (unsigned i = 0; i < ARRAY_SIZE(params); i++) {
+        u64 v = 1;
+        long rc = get_param(params[i].index, &v);
+        check(rc == 0 && v == 0, "HVMOP_get_param %s -> 0, value 0 (got %ld, 0x%llx)",
+              params[i].name, rc, v);
+    }
+}
+
+static void ask_memory_map(const struct hvm_start_info *si)
+{
+    struct xen_memory_map map = {ARRAY_SIZE(e820), e820};
+    EXPECT(HC2(__HYPERVISOR_memory_op, XENMEM_memory_map, PTR(&map)), 0, "XENMEM_memory_map");
+    u64 ram = 0, top = 0;
+    for (unsigned i = 0; i < map.nr_entries && i < ARRAY_SIZE(e820); i++) {
+        gprintf("%s: e820 %016llx-%016llx type %u\n", GUEST_NAME, e820[i].addr,
+                e820[i].addr + e820[i].size - 1, e820[i].type);
+        if (e820[i].type == 1) {
+            ram += e820[i].size;
+            if (e820[i].addr + e820[i].size > top)
+                top = e820[i].addr + e820[i].size;
+        }
+    }
+    check(map.nr_entries >= 1 && ram > 0, "memory map has RAM (%u entries)", map.nr_entries);
+    check(top > PTR(shared_info_page), "our image lies in the reported RAM");
+    if (si && si->version >= 1 && si->memmap_entries) {
+        const struct hvm_memmap_table_entry *e =
+            (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
+        u64 si_top = 0;
+        for (u32 i = 0; i < si->memmap_entries; i++)
+            if (e[i].type == 1 && e[i].addr + e[i].size > si_top)
+                si_top = e[i].addr + e[i].size;
+        check(si_top == top, "RAM ends where the start info says (0x%llx, got 0x%llx)", si_top,
+              top);
+    }
+    u16 self = DOMID_SELF;
+    long pages = HC2(__HYPERVISOR_memory_op, XENMEM_current_reservation, PTR(&self));
+    check(pages > 0 && (u64)pages * 4096 == ram, "current reservation %ld pages = RAM", pages);
+}
+
+static void map_shared_info(u32 want_version)
+{
+    struct xen_add_to_physmap xatp = {DOMID_SELF, 0, XENMAPSPACE_shared_info, 0,
+                                      (unsigned long)(PTR(shared_info_page) >> 12)};
+    memset(shared_info_page, 0xaa, sizeof shared_info_page);
+    EXPECT(HC2(__HYPERVISOR_memory_op, XENMEM_add_to_physmap, PTR(&xatp)), 0,
+           "XENMEM_add_to_physmap(shared_info) at 0x%lx", xatp.gpfn);
+    volatile struct shared_info *s = (volatile struct shared_info *)shared_info_page;
+    u32 v = s->wc_version;
+    check(!(v & 1) && v != 0, "wallclock version even and set (%u)", v);
+    check(s->wc_sec > 1600000000u, "wallclock %u.%09u s since 1970", s->wc_sec, s->wc_nsec);
+    volatile struct vcpu_time_info *t = &s->vcpu_info[0].time;
+    check(!(t->version & 1) && t->version, "vcpu_info[0].time version even and set (%u)",
+          t->version);
+    gprintf("%s: system time %llu ns at TSC %llu, mul 0x%x shift %d flags 0x%x\n", GUEST_NAME,
+            t->system_time, t->tsc_timestamp, t->tsc_to_system_mul, t->tsc_shift, t->flags);
+    check(s->evtchn_mask[0] == 0 && s->evtchn_pending[0] == 0, "event bits start clear");
+
+    struct vcpu_register_vcpu_info info = {(u64)(PTR(&my_vcpu_info) >> 12),
+                                           (u32)(PTR(&my_vcpu_info) & 4095), 0};
+    EXPECT(HC3(__HYPERVISOR_vcpu_op, VCPUOP_register_vcpu_info, 0, PTR(&info)), 0,
+           "VCPUOP_register_vcpu_info at 0x%lx", (unsigned long)PTR(&my_vcpu_info));
+    check(my_vcpu_info.evtchn_upcall_pending == 1 && my_vcpu_info.evtchn_pending_sel == ~0ul,
+          "vcpu_info moved with a spurious event pending");
+    check(my_vcpu_info.time.version && !(my_vcpu_info.time.version & 1),
+          "vcpu_info time filled");
+    /* Once per vCPU: -EINVAL before Xen 4.18 (map_vcpu_info), -EBUSY since (map_guest_area). */
+    long again = want_version >= 0x40012 ? -XEN_EBUSY : -XEN_EINVAL;
+    EXPECT(HC3(__HYPERVISOR_vcpu_op, VCPUOP_register_vcpu_info, 0, PTR(&info)), again,
+           "second VCPUOP_register_vcpu_info");
+}
+
+static void say_hello(void)
+{
+    static const char msg[] = "hello from " GUEST_NAME " through console_io\n";
+    EXPECT(HC3(__HYPERVISOR_console_io, CONSOLEIO_write, sizeof msg - 1, PTR(msg)), 0,
+           "CONSOLEIO_write");
+}
+
+int guest_main(const struct hvm_start_info *si)
+{
+    char buf[16];
+    enum xen_via raw = xen_native_insn();
+    xen_via = XEN_VIA_PAGE;
+    if (cmdline_get("via", buf, sizeof buf) >= 0) {
+        if (!strcmp(buf, "vmcall"))
+            xen_via = raw = XEN_VIA_VMCALL;
+        else if (!strcmp(buf, "vmmcall"))
+            xen_via = raw = XEN_VIA_VMMCALL;
+        else if (strcmp(buf, "page"))
+            panic("unknown via=%s", buf);
+    }
+    u32 reason = SHUTDOWN_poweroff;
+    if (cmdline_get("reason", buf, sizeof buf) >= 0) {
+        for (reason = 0; reason < ARRAY_SIZE(reason_names); reason++)
+            if (!strcmp(buf, reason_names[reason]))
+                break;
+        if (reason == ARRAY_SIZE(reason_names))
+            panic("unknown reason=%s", buf);
+    }
+    u32 want_version = 0x40011;
+    if (cmdline_get("version", buf, sizeof buf) >= 0) {
+        u64 major = 0, minor = 0;
+        char *dot = buf;
+        while (*dot && *dot != '.')
+            dot++;
+        if (*dot)
+            *dot++ = 0;
+        if (!parse_u64(buf, &major) || !parse_u64(dot, &minor))
+            panic("bad version=%s", buf);
+        want_version = (u32)(major << 16 | minor);
+    }
+    u32 domid = (u32)cmdline_get_u64("domid", 1);
+
+    gprintf("%s: booting as a Xen HVM guest (%s, %s)\n", GUEST_NAME, rt_boot_protocol_name(),
+            RT_64BIT ? "64-bit" : "32-bit");
+    find_leaves(want_version, domid);
+    install_hypercall_page(raw);
+    ask_version(want_version);
+    ask_params();
+    ask_memory_map(si);
+    map_shared_info(want_version);
+    say_hello();
+    EXPECT(HC2(__HYPERVISOR_sched_op, SCHEDOP_yield, 0), 0, "SCHEDOP_yield");
+
+    gprintf("%s: %u passed, %u failed; SCHEDOP_shutdown(%s)\n", GUEST_NAME, xen_passed,
+            xen_failed, xen_failed ? "crash" : reason_names[reason]);
+    struct sched_shutdown sd = {xen_failed ? SHUTDOWN_crash : reason};
+    long rc = HC2(__HYPERVISOR_sched_op, SCHEDOP_shutdown, PTR(&sd));
+    gprintf("%s: SCHEDOP_shutdown returned %ld\n", GUEST_NAME, rc);
+    return 0xF0;
+}
