@@ -65,9 +65,7 @@ impl<'a> Guest<'a> {
         while done < len {
             let at = gva.wrapping_add(done as u64);
             let in_page = PAGE_SIZE - (at % PAGE_SIZE);
-            let n = usize::try_from(in_page)
-                .unwrap_or(usize::MAX)
-                .min(len - done);
+            let n = usize::try_from(in_page).unwrap_or(usize::MAX).min(len - done);
             let gpa = self.gpa(at, write)?;
             each(gpa, done, n)?;
             done += n;
@@ -89,9 +87,7 @@ impl<'a> Guest<'a> {
         let memory = self.memory;
         self.pieces(gva, buf.len(), true, |gpa, off, n| {
             let src = buf.get(off..off + n).ok_or(Fault)?;
-            memory
-                .write_slice(src, GuestAddress(gpa))
-                .map_err(|_| Fault)
+            memory.write_slice(src, GuestAddress(gpa)).map_err(|_| Fault)
         })
     }
 
@@ -167,10 +163,7 @@ pub mod le {
 /// in address order. Yields `(start, length)`.
 pub fn ram_ranges(memory: &GuestMemoryMmap) -> impl Iterator<Item = (u64, u64)> + '_ {
     use vm_memory::GuestMemoryRegion;
-    let mut regions = memory
-        .iter()
-        .map(|r| (r.start_addr().0, r.len()))
-        .peekable();
+    let mut regions = memory.iter().map(|r| (r.start_addr().0, r.len())).peekable();
     std::iter::from_fn(move || {
         let (start, mut len) = regions.next()?;
         while let Some(&(next, more)) = regions.peek() {

@@ -142,10 +142,7 @@ impl Personality for Xen {
     }
 
     fn msr_ranges(&self) -> &[(u32, u32)] {
-        &[(
-            abi::cpuid::HYPERCALL_PAGE_MSR,
-            abi::cpuid::HYPERCALL_PAGE_MSR,
-        )]
+        &[(abi::cpuid::HYPERCALL_PAGE_MSR, abi::cpuid::HYPERCALL_PAGE_MSR)]
     }
 
     fn read_msr(&self, _ctx: &MsrContext<'_>, msr: u32) -> MsrRead {

@@ -79,21 +79,15 @@ pub fn write_time_info(memory: &GuestMemoryMmap, platform: &dyn Platform, clock:
     let at = |off: u64| GuestAddress(gpa.wrapping_add(off));
     let version = memory.read_obj::<u32>(at(0)).unwrap_or(0);
     let odd = version.wrapping_add(1) | 1;
-    let (mul, shift) = clock
-        .tsc_khz
-        .and_then(|khz| time_scale(khz.saturating_mul(1000)))
-        .unwrap_or((0, 0));
+    let (mul, shift) =
+        clock.tsc_khz.and_then(|khz| time_scale(khz.saturating_mul(1000))).unwrap_or((0, 0));
     let mut t = [0u8; 32];
     le::put(&mut t, 0, &odd.to_le_bytes());
     le::put(&mut t, 8, &platform.guest_tsc().to_le_bytes());
     le::put(&mut t, 16, &platform.monotonic_ns().to_le_bytes());
     le::put(&mut t, 24, &mul.to_le_bytes());
     le::put(&mut t, 28, &shift.to_le_bytes());
-    let flags = if clock.stable_tsc {
-        XEN_PVCLOCK_TSC_STABLE_BIT
-    } else {
-        0
-    };
+    let flags = if clock.stable_tsc { XEN_PVCLOCK_TSC_STABLE_BIT } else { 0 };
     le::put(&mut t, 29, &[flags]);
     // The area was checked by the caller; a failure here leaves the guest's old contents.
     let _ = memory.write_obj(odd, at(0));
@@ -112,10 +106,7 @@ pub fn boot_wallclock(platform: &dyn Platform) -> (u64, u32) {
     let (sec, nsec) = platform.wall_clock();
     let now = u128::from(sec.max(0).unsigned_abs()) * NS + u128::from(nsec);
     let boot = now.saturating_sub(u128::from(platform.monotonic_ns()));
-    (
-        u64::try_from(boot / NS).unwrap_or(u64::MAX),
-        u32::try_from(boot % NS).unwrap_or(0),
-    )
+    (u64::try_from(boot / NS).unwrap_or(u64::MAX), u32::try_from(boot % NS).unwrap_or(0))
 }
 
 /// Writes the wallclock fields of the shared_info page at `base` in the given layout.
@@ -170,11 +161,7 @@ mod tests {
 
     /// Xen's conversion: ns = ((ticks << shift) * mul) >> 32.
     fn to_ns(ticks: u64, (mul, shift): (u32, i8)) -> u64 {
-        let t = if shift >= 0 {
-            ticks << shift
-        } else {
-            ticks >> -shift
-        };
+        let t = if shift >= 0 { ticks << shift } else { ticks >> -shift };
         ((u128::from(t) * u128::from(mul)) >> 32) as u64
     }
 
@@ -185,14 +172,9 @@ mod tests {
         // 3 GHz: halved to 1.5e9, mul = 2/3 * 2^32.
         assert_eq!(time_scale(3_000_000_000), Some((0xaaaa_aaaa, -1)));
         assert_eq!(time_scale(0), None);
-        for hz in [
-            1_000_000u64,
-            25_000_000,
-            999_999_999,
-            2_000_000_000,
-            2_899_999_000,
-            4_700_000_000,
-        ] {
+        for hz in
+            [1_000_000u64, 25_000_000, 999_999_999, 2_000_000_000, 2_899_999_000, 4_700_000_000]
+        {
             let scale = time_scale(hz).unwrap();
             let ns = to_ns(hz, scale);
             assert!(

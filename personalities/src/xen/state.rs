@@ -91,9 +91,7 @@ impl State {
 
     /// The value of HVM parameter `index`.
     pub fn param(&self, index: u32) -> u64 {
-        self.params
-            .get(index as usize)
-            .map_or(0, |p| p.load(Ordering::Relaxed))
+        self.params.get(index as usize).map_or(0, |p| p.load(Ordering::Relaxed))
     }
 
     /// Sets HVM parameter `index`.

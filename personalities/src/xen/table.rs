@@ -16,35 +16,19 @@ const fn row(
     handler: Option<fn(&Xen, &mut polyvisor_core::Call<'_>) -> polyvisor_core::Reply>,
     summary: &'static str,
 ) -> HypercallRow<Xen> {
-    HypercallRow {
-        number,
-        name,
-        rings: Rings::KERNEL,
-        handler,
-        summary,
-    }
+    HypercallRow { number, name, rings: Rings::KERNEL, handler, summary }
 }
 
 /// The table, sorted by number.
 pub const TABLE: &[HypercallRow<Xen>] = &[
-    row(
-        nr::platform_op,
-        "__HYPERVISOR_platform_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::platform_op, "__HYPERVISOR_platform_op", None, "not implemented: -ENOSYS"),
     row(
         nr::memory_op,
         "__HYPERVISOR_memory_op",
         Some(calls::memory::memory_op),
         "shared_info mapping, memory map, reservations",
     ),
-    row(
-        nr::multicall,
-        "__HYPERVISOR_multicall",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::multicall, "__HYPERVISOR_multicall", None, "not implemented: -ENOSYS"),
     row(
         nr::set_timer_op,
         "__HYPERVISOR_set_timer_op",
@@ -63,96 +47,36 @@ pub const TABLE: &[HypercallRow<Xen>] = &[
         Some(calls::console::console_io),
         "write to and read from the VM console",
     ),
-    row(
-        nr::grant_table_op,
-        "__HYPERVISOR_grant_table_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::vm_assist,
-        "__HYPERVISOR_vm_assist",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::grant_table_op, "__HYPERVISOR_grant_table_op", None, "not implemented: -ENOSYS"),
+    row(nr::vm_assist, "__HYPERVISOR_vm_assist", None, "not implemented: -ENOSYS"),
     row(
         nr::vcpu_op,
         "__HYPERVISOR_vcpu_op",
         Some(calls::vcpu::vcpu_op),
         "vcpu_info placement, is_up, single-shot timer",
     ),
-    row(
-        nr::mmuext_op,
-        "__HYPERVISOR_mmuext_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::xsm_op,
-        "__HYPERVISOR_xsm_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::mmuext_op, "__HYPERVISOR_mmuext_op", None, "not implemented: -ENOSYS"),
+    row(nr::xsm_op, "__HYPERVISOR_xsm_op", None, "not implemented: -ENOSYS"),
     row(
         nr::sched_op,
         "__HYPERVISOR_sched_op",
         Some(calls::sched::sched_op),
         "yield, block, poll, shutdown",
     ),
-    row(
-        nr::event_channel_op,
-        "__HYPERVISOR_event_channel_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::physdev_op,
-        "__HYPERVISOR_physdev_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::event_channel_op, "__HYPERVISOR_event_channel_op", None, "not implemented: -ENOSYS"),
+    row(nr::physdev_op, "__HYPERVISOR_physdev_op", None, "not implemented: -ENOSYS"),
     row(
         nr::hvm_op,
         "__HYPERVISOR_hvm_op",
         Some(calls::hvm::hvm_op),
         "HVM parameters, upcall vector, time",
     ),
-    row(
-        nr::sysctl,
-        "__HYPERVISOR_sysctl",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::domctl,
-        "__HYPERVISOR_domctl",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::argo_op,
-        "__HYPERVISOR_argo_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::xenpmu_op,
-        "__HYPERVISOR_xenpmu_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::dm_op,
-        "__HYPERVISOR_dm_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
-    row(
-        nr::hypfs_op,
-        "__HYPERVISOR_hypfs_op",
-        None,
-        "not implemented: -ENOSYS",
-    ),
+    row(nr::sysctl, "__HYPERVISOR_sysctl", None, "not implemented: -ENOSYS"),
+    row(nr::domctl, "__HYPERVISOR_domctl", None, "not implemented: -ENOSYS"),
+    row(nr::argo_op, "__HYPERVISOR_argo_op", None, "not implemented: -ENOSYS"),
+    row(nr::xenpmu_op, "__HYPERVISOR_xenpmu_op", None, "not implemented: -ENOSYS"),
+    row(nr::dm_op, "__HYPERVISOR_dm_op", None, "not implemented: -ENOSYS"),
+    row(nr::hypfs_op, "__HYPERVISOR_hypfs_op", None, "not implemented: -ENOSYS"),
     row(
         nr::paging_domctl_cont,
         "__HYPERVISOR_arch_1",

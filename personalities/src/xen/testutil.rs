@@ -38,15 +38,10 @@ impl TestPlatform {
         self.inner.take()
     }
     pub fn set_now(&self, ns: u64) {
-        self.inner
-            .now_ns
-            .store(ns, std::sync::atomic::Ordering::Relaxed);
+        self.inner.now_ns.store(ns, std::sync::atomic::Ordering::Relaxed);
     }
     pub fn halts(&self) -> Vec<(u32, u64)> {
-        self.halts
-            .as_ref()
-            .map(|h| h.lock().unwrap().clone())
-            .unwrap_or_default()
+        self.halts.as_ref().map(|h| h.lock().unwrap().clone()).unwrap_or_default()
     }
 }
 
@@ -130,19 +125,12 @@ pub fn e32(errno: u64) -> u64 {
 impl Vm {
     /// 2 MiB of RAM at 0, two vCPUs, Xen 4.17, everything permitted.
     pub fn new() -> Self {
-        Vm::build(
-            XenConfig::default(),
-            Policy::permissive(),
-            HostFacts::nominal(),
-        )
+        Vm::build(XenConfig::default(), Policy::permissive(), HostFacts::nominal())
     }
 
     /// A VM showing Xen `version`.
     pub fn version(version: &str) -> Self {
-        let config = XenConfig {
-            version: version.into(),
-            ..XenConfig::default()
-        };
+        let config = XenConfig { version: version.into(), ..XenConfig::default() };
         Vm::build(config, Policy::permissive(), HostFacts::nominal())
     }
 
@@ -212,11 +200,7 @@ impl Vm {
     }
 
     pub fn msr(&self) -> MsrContext<'_> {
-        MsrContext {
-            vcpu: 0,
-            memory: &self.mem,
-            platform: &self.platform,
-        }
+        MsrContext { vcpu: 0, memory: &self.mem, platform: &self.platform }
     }
 }
 

@@ -42,10 +42,7 @@ fn write(call: &Call<'_>, count: u32, buffer: u64) -> Result<Reply, Fault> {
             let mut writes = RegisterWrites::none();
             writes.push(count_reg, u64::from(left));
             writes.push(buffer_reg, g.width.truncate(at));
-            return Ok(Reply::Outcome(Outcome {
-                writes,
-                next: Next::Retry,
-            }));
+            return Ok(Reply::Outcome(Outcome { writes, next: Next::Retry }));
         }
         let n = left.min(CHUNK as u32);
         let bytes = chunk.get_mut(..n as usize).ok_or(Fault)?;

@@ -84,9 +84,7 @@ fn allow_get(index: u32) -> Result<(), u64> {
 
 /// `domain_crash` of the caller, which Xen does for a bad VM86 TSS of its own.
 fn crash(what: &str) -> Reply {
-    Reply::Outcome(Outcome::exit(ExitReason::Crash(format!(
-        "Xen domain_crash: {what}"
-    ))))
+    Reply::Outcome(Outcome::exit(ExitReason::Crash(format!("Xen domain_crash: {what}"))))
 }
 
 /// `hvm_set_param`'s value checks; returns the `(index, value)` to store.
@@ -111,11 +109,7 @@ fn set_value(xen: &Xen, call: &Call<'_>, index: u32, value: u64) -> Result<(u32,
                 return Err(crash("HVM_PARAM_VM86_TSS above 4 GiB"));
             }
             // Old hvmloader binaries hardcode the size to 128 bytes.
-            let sized = if value != 0 {
-                value | (128 << 32) | VM86_TSS_UPDATED
-            } else {
-                value
-            };
+            let sized = if value != 0 { value | (128 << 32) | VM86_TSS_UPDATED } else { value };
             Ok((HVM_PARAM_VM86_TSS_SIZED, sized))
         }
         HVM_PARAM_VM86_TSS_SIZED => {
@@ -125,11 +119,7 @@ fn set_value(xen: &Xen, call: &Call<'_>, index: u32, value: u64) -> Result<(u32,
             }
             // Capped at a TSS, the interrupt redirection bitmap and a full I/O bitmap.
             let max = TSS32_LEN + 0x100 / 8 + 0x10000 / 8 + 1;
-            let value = if size > max {
-                u64::from(value as u32) | (max << 32)
-            } else {
-                value
-            };
+            let value = if size > max { u64::from(value as u32) | (max << 32) } else { value };
             Ok((index, value | VM86_TSS_UPDATED))
         }
         _ => Ok((index, value)),

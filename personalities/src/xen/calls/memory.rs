@@ -46,9 +46,7 @@ fn ram_end_frame(call: &Call<'_>) -> u64 {
 
 /// RAM pages.
 fn ram_pages(call: &Call<'_>) -> u64 {
-    ram_ranges(call.memory)
-        .map(|(_, len)| len >> PAGE_SHIFT)
-        .fold(0u64, u64::saturating_add)
+    ram_ranges(call.memory).map(|(_, len)| len >> PAGE_SHIFT).fold(0u64, u64::saturating_add)
 }
 
 /// Places shared_info at frame `gfn` and fills it.
@@ -59,10 +57,7 @@ pub fn map_shared_info(xen: &Xen, call: &Call<'_>, gfn: u64, compat: bool) {
     let mut page = [0u8; PAGE_SIZE as usize];
     if old != NONE && old != gfn {
         // The page moves with its contents (event masks and pending bits stay).
-        if memory
-            .read_slice(&mut page, GuestAddress(old << PAGE_SHIFT))
-            .is_err()
-        {
+        if memory.read_slice(&mut page, GuestAddress(old << PAGE_SHIFT)).is_err() {
             page = [0u8; PAGE_SIZE as usize];
         }
     }
@@ -75,10 +70,8 @@ pub fn map_shared_info(xen: &Xen, call: &Call<'_>, gfn: u64, compat: bool) {
     let clock = xen.clock(call.platform);
     let slots = call.platform.vcpu_count().min(LEGACY_MAX_VCPUS);
     for id in 0..slots {
-        let registered = xen
-            .state
-            .vcpu(id)
-            .is_some_and(|v| v.vcpu_info.load(Ordering::Acquire) != NONE);
+        let registered =
+            xen.state.vcpu(id).is_some_and(|v| v.vcpu_info.load(Ordering::Acquire) != NONE);
         if !registered {
             let slot = base + u64::from(id) * VCPU_INFO_LEN;
             write_vcpu_time(memory, call.platform, clock, slot);
@@ -97,12 +90,7 @@ fn add_to_physmap(xen: &Xen, call: &Call<'_>, start_extent: u64, arg: u64) -> Re
         Width::W64 => {
             let raw = g.read_array::<24>(arg)?;
             let gpfn = le::u64_at(&raw, 16);
-            (
-                le::u16_at(&raw, 0),
-                le::u32_at(&raw, 4),
-                le::u64_at(&raw, 8),
-                gpfn,
-            )
+            (le::u16_at(&raw, 0), le::u32_at(&raw, 4), le::u64_at(&raw, 8), gpfn)
         }
         Width::W32 => {
             let raw = g.read_array::<16>(arg)?;

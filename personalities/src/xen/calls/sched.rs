@@ -63,19 +63,11 @@ fn poll(call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
     let (ports, nr_ports, timeout) = match g.width {
         Width::W64 => {
             let raw = g.read_array::<24>(arg)?;
-            (
-                le::u64_at(&raw, 0),
-                le::u32_at(&raw, 8),
-                le::u64_at(&raw, 16),
-            )
+            (le::u64_at(&raw, 0), le::u32_at(&raw, 8), le::u64_at(&raw, 16))
         }
         Width::W32 => {
             let raw = g.read_array::<16>(arg)?;
-            (
-                u64::from(le::u32_at(&raw, 0)),
-                le::u32_at(&raw, 4),
-                le::u64_at(&raw, 8),
-            )
+            (u64::from(le::u32_at(&raw, 0)), le::u32_at(&raw, 4), le::u64_at(&raw, 8))
         }
     };
     if nr_ports > POLL_MAX_PORTS {
@@ -118,11 +110,7 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
         SCHEDOP_shutdown => {
             let reason = le::u32_at(&g.read_array::<4>(arg)?, 0) as u8;
             let latched = xen.state.shutdown_code.load(Ordering::Acquire);
-            let reason = if latched == SHUTDOWN_CODE_INVALID {
-                reason
-            } else {
-                latched
-            };
+            let reason = if latched == SHUTDOWN_CODE_INVALID { reason } else { latched };
             Reply::Outcome(Outcome::exit(exit_reason(reason)))
         }
         SCHEDOP_poll => poll(call, arg)?,

@@ -80,23 +80,12 @@ fn register_vcpu_info(xen: &Xen, call: &Call<'_>, id: u32, arg: u64) -> Result<R
         Err(e) => return Ok(err(e)),
     };
     let old = xen.state.vcpu_info_gpa(id);
-    if vcpu
-        .vcpu_info
-        .compare_exchange(NONE, gpa, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
+    if vcpu.vcpu_info.compare_exchange(NONE, gpa, Ordering::AcqRel, Ordering::Acquire).is_err() {
         // Another vCPU registered it meanwhile.
         return Ok(err(if xen.at_least(4, 18) { EBUSY } else { EINVAL }));
     }
     let compat = xen.state.shinfo_compat.load(Ordering::Acquire);
-    populate_vcpu_info(
-        call.memory,
-        call.platform,
-        xen.clock(call.platform),
-        gpa,
-        old,
-        compat,
-    );
+    populate_vcpu_info(call.memory, call.platform, xen.clock(call.platform), gpa, old, compat);
     Ok(ok(0))
 }
 
@@ -114,8 +103,7 @@ fn set_singleshot_timer(xen: &Xen, call: &Call<'_>, id: u32, arg: u64) -> Result
     }
     if let Some(v) = xen.state.vcpu(id) {
         // A deadline already past would fire at once; 0 means stopped, so keep it non-zero.
-        v.singleshot_deadline
-            .store(timeout.max(1), Ordering::Release);
+        v.singleshot_deadline.store(timeout.max(1), Ordering::Release);
     }
     Ok(ok(0))
 }

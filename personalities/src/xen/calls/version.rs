@@ -124,11 +124,7 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
         XENVER_build_id => err(EPERM),
         XENVER_commandline2 if varbuf_ops => err(EPERM),
         XENVER_extraversion2 if varbuf_ops => {
-            let n = xen
-                .extraversion
-                .iter()
-                .position(|b| *b == 0)
-                .unwrap_or(EXTRAVERSION_LEN);
+            let n = xen.extraversion.iter().position(|b| *b == 0).unwrap_or(EXTRAVERSION_LEN);
             varbuf(&g, arg, xen.extraversion.get(..n).unwrap_or_default())?
         }
         XENVER_capabilities2 if varbuf_ops => varbuf(&g, arg, CAPABILITIES.as_bytes())?,

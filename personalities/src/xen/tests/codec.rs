@@ -25,10 +25,7 @@ fn sixty_four_bit_convention() {
 
 #[test]
 fn thirty_two_bit_convention_truncates() {
-    let v = snap32(
-        0xdead_beef_0000_0011,
-        &[0x1_0000_0001, 0x2_0000_0002, 3, 4, 5, 0x6_0000_0006],
-    );
+    let v = snap32(0xdead_beef_0000_0011, &[0x1_0000_0001, 0x2_0000_0002, 3, 4, 5, 0x6_0000_0006]);
     let input = decode(&v);
     assert_eq!(input.number, 17);
     assert_eq!(input.args, [1, 2, 3, 4, 5, 6]);
@@ -64,11 +61,7 @@ fn errors_are_negated_errno_at_the_callers_width() {
 
 #[test]
 fn disabled_is_enosys() {
-    let vm = Vm::build(
-        XenConfig::default(),
-        Policy::default(),
-        HostFacts::nominal(),
-    );
+    let vm = Vm::build(XenConfig::default(), Policy::default(), HostFacts::nominal());
     assert_eq!(vm.rax64(XEN_VERSION, &[0]), e(ENOSYS));
     assert_eq!(vm.rax32(XEN_VERSION, &[0]), e32(ENOSYS));
     assert_eq!(vm.engine.refusals().snapshot(), (2, 0, 0));
@@ -87,9 +80,7 @@ fn unknown_and_pv_only_numbers_are_enosys() {
 #[test]
 fn unimplemented_rows_are_enosys() {
     let vm = Vm::new();
-    for nr in [
-        7, 13, 15, 20, 21, 26, 27, 32, 33, 35, 36, 39, 40, 41, 42, 49,
-    ] {
+    for nr in [7, 13, 15, 20, 21, 26, 27, 32, 33, 35, 36, 39, 40, 41, 42, 49] {
         assert_eq!(vm.rax64(nr, &[]), e(ENOSYS), "nr {nr}");
         assert_eq!(vm.rax32(nr, &[]), e32(ENOSYS), "nr {nr}");
     }
@@ -100,10 +91,7 @@ fn denied_is_eperm() {
     let policy = Policy {
         hypercalls_enabled: true,
         allow: None,
-        deny: vec![
-            CallSelector::Name("__HYPERVISOR_console_io".into()),
-            CallSelector::Number(17),
-        ],
+        deny: vec![CallSelector::Name("__HYPERVISOR_console_io".into()), CallSelector::Number(17)],
     };
     let vm = Vm::build(XenConfig::default(), policy, HostFacts::nominal());
     assert_eq!(vm.rax64(18, &[0, 1, 0x1000]), e(EPERM));
@@ -150,11 +138,7 @@ fn every_row_is_ring_zero_only_and_sorted() {
     assert!(rows.iter().all(|r| r.rings == "0"));
     let table = vm.xen().table();
     assert!(table.windows(2).all(|w| w[0].number < w[1].number));
-    let implemented: Vec<_> = rows
-        .iter()
-        .filter(|r| r.implemented)
-        .map(|r| r.number)
-        .collect();
+    let implemented: Vec<_> = rows.iter().filter(|r| r.implemented).map(|r| r.number).collect();
     assert_eq!(implemented, vec![12, 17, 18, 24, 29, 34]);
     assert!(rows.iter().all(|r| r.name.starts_with("__HYPERVISOR_")));
 }
@@ -166,9 +150,7 @@ fn build_through_the_crate_entry_point() {
     let engine = crate::build(&config, &HostFacts::nominal()).unwrap();
     assert_eq!(engine.mode(), polyvisor_core::HypervisorMode::Xen);
     assert_eq!(engine.cpuid(0)[0].function, 0x4000_0000);
-    config.hypervisor.deny = vec![polyvisor_config::Selector(CallSelector::Name(
-        "nope".into(),
-    ))];
+    config.hypervisor.deny = vec![polyvisor_config::Selector(CallSelector::Name("nope".into()))];
     let err = crate::build(&config, &HostFacts::nominal()).err().unwrap();
     assert!(err.to_string().contains("__HYPERVISOR_sched_op"), "{err}");
 }

@@ -17,10 +17,7 @@ fn signature_and_limits() {
     let leaves = vm.engine.cpuid(0);
     let l0 = leaf(&leaves, 0x4000_0000, 0);
     assert_eq!(l0.eax, 0x4000_0005, "Xen's default limit: base + 5");
-    assert_eq!(
-        (l0.ebx, l0.ecx, l0.edx),
-        (0x566e_6558, 0x6558_4d4d, 0x4d4d_566e)
-    );
+    assert_eq!((l0.ebx, l0.ecx, l0.edx), (0x566e_6558, 0x6558_4d4d, 0x4d4d_566e));
     assert_eq!(&l0.signature_bytes(), b"XenVMMXenVMM");
     // Every leaf up to the limit exists, and nothing beyond it.
     for f in 0x4000_0000..=0x4000_0005 {
@@ -29,19 +26,13 @@ fn signature_and_limits() {
     assert!(leaves.iter().all(|l| l.function <= 0x4000_0005));
     assert_eq!(
         leaf(&leaves, 0x4000_0005, 0),
-        CpuidLeaf {
-            indexed: true,
-            ..CpuidLeaf::new(0x4000_0005, 0, 0, 0, 0)
-        }
+        CpuidLeaf { indexed: true, ..CpuidLeaf::new(0x4000_0005, 0, 0, 0, 0) }
     );
 }
 
 #[test]
 fn version_leaf_follows_config() {
-    assert_eq!(
-        leaf(&Vm::new().engine.cpuid(0), 0x4000_0001, 0).eax,
-        0x0004_0011
-    );
+    assert_eq!(leaf(&Vm::new().engine.cpuid(0), 0x4000_0001, 0).eax, 0x0004_0011);
     let vm = Vm::version("4.19");
     let l1 = leaf(&vm.engine.cpuid(0), 0x4000_0001, 0);
     assert_eq!((l1.eax, l1.ebx, l1.ecx, l1.edx), (0x0004_0013, 0, 0, 0));
@@ -66,20 +57,13 @@ fn time_leaf_from_host_facts() {
     assert_eq!((s2.eax, s2.ebx, s2.ecx, s2.edx), (1_000_000, 0, 0, 0));
 
     // 3 GHz: a negative shift is sign-extended in EDX, as Xen stores an int.
-    let host = HostFacts {
-        tsc_khz: Some(3_000_000),
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { tsc_khz: Some(3_000_000), ..HostFacts::nominal() };
     let vm = Vm::build(XenConfig::default(), Policy::permissive(), host);
     let s1 = leaf(&vm.engine.cpuid(0), 0x4000_0003, 1);
     assert_eq!((s1.ecx, s1.edx), (0xaaaa_aaaa, 0xffff_ffff));
 
     // Unknown, unstable TSC: no reliability bit, no frequency, no scale.
-    let host = HostFacts {
-        tsc_khz: None,
-        stable_tsc: false,
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { tsc_khz: None, stable_tsc: false, ..HostFacts::nominal() };
     let vm = Vm::build(XenConfig::default(), Policy::permissive(), host);
     let leaves = vm.engine.cpuid(0);
     let s0 = leaf(&leaves, 0x4000_0003, 0);
@@ -90,10 +74,7 @@ fn time_leaf_from_host_facts() {
 
 #[test]
 fn hvm_leaf_names_vcpu_and_domain() {
-    let config = XenConfig {
-        domid: 7,
-        ..XenConfig::default()
-    };
+    let config = XenConfig { domid: 7, ..XenConfig::default() };
     let vm = Vm::build(config, Policy::permissive(), HostFacts::nominal());
     for vcpu in [0, 1] {
         let l4 = leaf(&vm.engine.cpuid(vcpu), 0x4000_0004, 0);
@@ -106,10 +87,6 @@ fn hvm_leaf_names_vcpu_and_domain() {
 
 #[test]
 fn leaves_are_the_same_when_hypercalls_are_off() {
-    let vm = Vm::build(
-        XenConfig::default(),
-        Policy::default(),
-        HostFacts::nominal(),
-    );
+    let vm = Vm::build(XenConfig::default(), Policy::default(), HostFacts::nominal());
     assert_eq!(vm.engine.cpuid(1), Vm::new().engine.cpuid(1));
 }

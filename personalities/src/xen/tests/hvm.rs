@@ -57,10 +57,7 @@ fn guest_settable_params() {
     assert_eq!(set(&vm, 2, 5), 0);
     assert_eq!(set(&vm, 18, 6), 0);
     assert_eq!(set(&vm, 34, 0x1234), 0);
-    assert_eq!(
-        (get(&vm, 2), get(&vm, 18), get(&vm, 34)),
-        (Ok(5), Ok(6), Ok(0x1234))
-    );
+    assert_eq!((get(&vm, 2), get(&vm, 18), get(&vm, 34)), (Ok(5), Ok(6), Ok(0x1234)));
     assert_eq!(set(&vm, 36, 4), 0);
     assert_eq!(get(&vm, 36), Ok(4));
     assert_eq!(set(&vm, 36, 5), e(EINVAL));
@@ -82,15 +79,9 @@ fn vm86_tss_becomes_the_sized_param() {
     assert_eq!(get(&vm, 37), Ok(((104 + 32 + 8192 + 1) << 32) | 0x1000));
     // Too small or above 4 GiB: Xen crashes the domain that asked.
     vm.write(ARG, &param(SELF, 37, (100 << 32) | 0x1000));
-    assert!(matches!(
-        vm.call64(NR, &[0, ARG]).next,
-        Next::Exit(ExitReason::Crash(_))
-    ));
+    assert!(matches!(vm.call64(NR, &[0, ARG]).next, Next::Exit(ExitReason::Crash(_))));
     vm.write(ARG, &param(SELF, 15, 0x1_0000_0000));
-    assert!(matches!(
-        vm.call64(NR, &[0, ARG]).next,
-        Next::Exit(ExitReason::Crash(_))
-    ));
+    assert!(matches!(vm.call64(NR, &[0, ARG]).next, Next::Exit(ExitReason::Crash(_))));
 }
 
 #[test]
@@ -136,11 +127,7 @@ fn callback_irq_latches_the_shared_info_layout() {
     vm.write(ARG, &param(SELF, 0, 1));
     assert_eq!(vm.rax32(NR, &[0, ARG]), 0);
     assert!(vm.xen().state.shinfo_compat.load(Ordering::Relaxed));
-    assert_eq!(
-        vm.u32_at(0x10_0000 + 2304),
-        2,
-        "wallclock written in the compat place"
-    );
+    assert_eq!(vm.u32_at(0x10_0000 + 2304), 2, "wallclock written in the compat place");
 }
 
 #[test]
@@ -154,15 +141,7 @@ fn upcall_vector() {
         vm.rax64(NR, &[23, ARG])
     };
     assert_eq!(req(1, 0xf3), 0);
-    assert_eq!(
-        vm.xen()
-            .state
-            .vcpu(1)
-            .unwrap()
-            .upcall_vector
-            .load(Ordering::Relaxed),
-        0xf3
-    );
+    assert_eq!(vm.xen().state.vcpu(1).unwrap().upcall_vector.load(Ordering::Relaxed), 0xf3);
     assert_eq!(vm.platform.take(), vec![Effect::Interrupt(1, 0xf3)]);
     assert_eq!(req(0, 0x0f), e(EINVAL));
     assert_eq!(req(2, 0xf3), e(ENOENT));

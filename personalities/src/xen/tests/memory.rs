@@ -39,11 +39,7 @@ fn maximum_ram_page_and_reservations() {
     let vm = Vm::new();
     assert_eq!(vm.rax64(NR, &[2, 0]), 0x200);
     assert_eq!(vm.rax32(NR, &[2, 0]), 0x200);
-    assert_eq!(
-        vm.rax64(NR, &[2 | (1 << 6), 0]),
-        e(EINVAL),
-        "no continuation"
-    );
+    assert_eq!(vm.rax64(NR, &[2 | (1 << 6), 0]), e(EINVAL), "no continuation");
     for (domid, answer) in [(SELF, 0x200), (1, 0x200), (0, e(ESRCH)), (2, e(ESRCH))] {
         vm.write(ARG, &domid.to_le_bytes());
         assert_eq!(vm.rax64(NR, &[3, ARG]), answer, "current, domid {domid:#x}");
@@ -121,11 +117,7 @@ fn compat_callers_get_the_compat_layout() {
     assert!(vm.xen().state.shinfo_compat.load(Ordering::Relaxed));
     assert_eq!(vm.u32_at(0x10_0000 + 2304), 2);
     assert_eq!(vm.u32_at(0x10_0000 + 2308), 1_699_999_999);
-    assert_eq!(
-        vm.u32_at(0x10_0000 + 3072),
-        0,
-        "nothing at the native offset"
-    );
+    assert_eq!(vm.u32_at(0x10_0000 + 3072), 0, "nothing at the native offset");
     // Compat idx != 0 is refused like native.
     vm.write(ARG, &xatp32(SELF, 0, 1, 0x100));
     assert_eq!(vm.rax32(NR, &[7, ARG]), e32(EINVAL));
@@ -134,27 +126,15 @@ fn compat_callers_get_the_compat_layout() {
 #[test]
 fn add_to_physmap_refusals() {
     let vm = Vm::new();
-    assert_eq!(
-        map64(&vm, SELF, 0, 1, 0x100),
-        e(EINVAL),
-        "shared_info idx 1"
-    );
+    assert_eq!(map64(&vm, SELF, 0, 1, 0x100), e(EINVAL), "shared_info idx 1");
     assert_eq!(map64(&vm, SELF, 0, 0, 0x200), e(EINVAL), "frame past RAM");
     assert_eq!(map64(&vm, SELF, 0, 0, u64::MAX), e(EINVAL), "INVALID_GFN");
     assert_eq!(map64(&vm, 0, 0, 0, 0x100), e(ESRCH), "another domain");
     assert_eq!(map64(&vm, SELF, 1, 0, 0x100), e(EINVAL), "no grant frames");
     assert_eq!(map64(&vm, SELF, 2, 0x50, 0x100), e(EOPNOTSUPP), "gmfn");
-    assert_eq!(
-        map64(&vm, SELF, 3, 0x50, 0x100),
-        e(EOPNOTSUPP),
-        "gmfn_range"
-    );
+    assert_eq!(map64(&vm, SELF, 3, 0x50, 0x100), e(EOPNOTSUPP), "gmfn_range");
     assert_eq!(map64(&vm, SELF, 4, 0, 0x100), e(ENOSYS), "gmfn_foreign");
-    assert_eq!(
-        map64(&vm, 0, 4, 0, 0x100),
-        e(ENOSYS),
-        "foreign before domain lookup"
-    );
+    assert_eq!(map64(&vm, 0, 4, 0, 0x100), e(ENOSYS), "foreign before domain lookup");
     assert_eq!(map64(&vm, SELF, 5, 0, 0x100), e(EACCES), "dev_mmio");
     assert_eq!(map64(&vm, SELF, 6, 0, 0x100), e(EINVAL), "unknown space");
     vm.write(ARG, &xatp64(SELF, 0, 0, 0x100));
@@ -210,10 +190,7 @@ fn memory_map_compat_and_faults() {
     vm.write(ARG, &m);
     assert_eq!(vm.rax32(NR, &[9, ARG]), 0);
     assert_eq!(vm.u32_at(ARG), 1);
-    assert_eq!(
-        (vm.u64_at(0x7000), vm.u64_at(0x7008), vm.u32_at(0x7010)),
-        (0, 0x20_0000, 1)
-    );
+    assert_eq!((vm.u64_at(0x7000), vm.u64_at(0x7008), vm.u32_at(0x7010)), (0, 0x20_0000, 1));
     // Bad buffer, bad struct.
     m[4..].copy_from_slice(&0x20_0000u32.to_le_bytes());
     vm.write(ARG, &m);

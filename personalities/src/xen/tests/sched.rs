@@ -60,10 +60,7 @@ fn shutdown_reasons_end_the_vm() {
     assert_eq!(shutdown(&vm, 0x100), Next::Exit(ExitReason::Poweroff(0)));
     // 32-bit callers pass the same struct.
     vm.write(ARG, &1u32.to_le_bytes());
-    assert_eq!(
-        vm.call32(NR, &[2, ARG]).next,
-        Next::Exit(ExitReason::Reboot)
-    );
+    assert_eq!(vm.call32(NR, &[2, ARG]).next, Next::Exit(ExitReason::Reboot));
 }
 
 #[test]
@@ -125,18 +122,9 @@ fn poll_without_a_platform_timer_returns_at_once() {
 #[test]
 fn poll_refusals() {
     let vm = Vm::new();
-    assert_eq!(
-        crate::xen::testutil::rax(&poll64(&vm, 0x7000, 129, 0)),
-        e(EINVAL)
-    );
-    assert_eq!(
-        crate::xen::testutil::rax(&poll64(&vm, 0x20_0000, 1, 0)),
-        e(EFAULT)
-    );
-    assert_eq!(
-        crate::xen::testutil::rax(&poll64(&vm, 0x20_0000 - 8, 4, 0)),
-        e(EFAULT)
-    );
+    assert_eq!(crate::xen::testutil::rax(&poll64(&vm, 0x7000, 129, 0)), e(EINVAL));
+    assert_eq!(crate::xen::testutil::rax(&poll64(&vm, 0x20_0000, 1, 0)), e(EFAULT));
+    assert_eq!(crate::xen::testutil::rax(&poll64(&vm, 0x20_0000 - 8, 4, 0)), e(EFAULT));
     assert_eq!(vm.rax64(NR, &[3, 0x20_0000 - 16]), e(EFAULT));
     assert_eq!(poll64(&vm, 0x7000, 128, 0).next, Next::Halt);
 }
@@ -162,19 +150,11 @@ fn poll_compat_layout() {
 fn remote_shutdown_pin_override_watchdog_and_unknown() {
     let vm = Vm::new();
     vm.write(ARG, &[1, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(
-        vm.rax64(NR, &[4, ARG]),
-        e(EPERM),
-        "own domain: not its device model"
-    );
+    assert_eq!(vm.rax64(NR, &[4, ARG]), e(EPERM), "own domain: not its device model");
     vm.write(ARG, &[0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(vm.rax64(NR, &[4, ARG]), e(ESRCH));
     vm.write(ARG, &[0xf0, 0x7f, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(
-        vm.rax64(NR, &[4, ARG]),
-        e(ESRCH),
-        "DOMID_SELF is not a domain id"
-    );
+    assert_eq!(vm.rax64(NR, &[4, ARG]), e(ESRCH), "DOMID_SELF is not a domain id");
     assert_eq!(vm.rax64(NR, &[4, 0x20_0000]), e(EFAULT));
     assert_eq!(vm.rax64(NR, &[7, ARG]), e(EPERM));
     assert_eq!(vm.rax64(NR, &[6, ARG]), e(ENOSYS));

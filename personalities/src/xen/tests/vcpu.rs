@@ -80,16 +80,8 @@ fn register_checks_since_4_18() {
     let vm = Vm::version("4.18");
     assert_eq!(register(&vm, 0, 9, 4096 - 32), e(ENXIO), "crosses the page");
     assert_eq!(register(&vm, 0, 9, 4), e(ENXIO), "misaligned");
-    assert_eq!(
-        register(&vm, 0, 9, 4096),
-        e(EINVAL),
-        "offset leaves the frame"
-    );
-    assert_eq!(
-        register(&vm, 0, u64::MAX >> 12, 4095),
-        e(EINVAL),
-        "all-ones address"
-    );
+    assert_eq!(register(&vm, 0, 9, 4096), e(EINVAL), "offset leaves the frame");
+    assert_eq!(register(&vm, 0, u64::MAX >> 12, 4095), e(EINVAL), "all-ones address");
     assert_eq!(register(&vm, 0, 1 << 60, 0), e(EINVAL), "frame overflows");
     assert_eq!(register(&vm, 0, 0x200, 0), e(EINVAL), "not RAM");
     assert_eq!(register(&vm, 2, 9, 0), e(ENOENT), "no vCPU 2");
@@ -119,11 +111,7 @@ fn compat_alignment_is_four() {
     assert_eq!(vm.rax32(12, &[7, 0x5000]), 0, "compat shared_info");
     vm.write(ARG, &info(9, 4));
     assert_eq!(vm.rax32(NR, &[10, 0, ARG]), 0);
-    assert_eq!(
-        vm.read(0x9004, 8),
-        [1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
-        "u32 selector"
-    );
+    assert_eq!(vm.read(0x9004, 8), [1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], "u32 selector");
 }
 
 fn timer(vm: &Vm, vcpu: u64, timeout: u64, flags: u32) -> u64 {
@@ -139,20 +127,10 @@ fn singleshot_timer_is_recorded() {
     let vm = Vm::new();
     vm.platform.set_now(1_000);
     assert_eq!(timer(&vm, 0, 5_000, 0), 0);
-    let deadline = |v: u32| {
-        vm.xen()
-            .state
-            .vcpu(v)
-            .unwrap()
-            .singleshot_deadline
-            .load(Ordering::Relaxed)
-    };
+    let deadline =
+        |v: u32| vm.xen().state.vcpu(v).unwrap().singleshot_deadline.load(Ordering::Relaxed);
     assert_eq!(deadline(0), 5_000);
-    assert_eq!(
-        timer(&vm, 1, 5_000, 0),
-        e(EINVAL),
-        "only for the calling vCPU"
-    );
+    assert_eq!(timer(&vm, 1, 5_000, 0), e(EINVAL), "only for the calling vCPU");
     assert_eq!(vm.rax64(NR, &[9, 1, 0]), e(EINVAL));
     assert_eq!(vm.rax64(NR, &[9, 0, 0]), 0);
     assert_eq!(deadline(0), 0);
@@ -169,11 +147,7 @@ fn sshottmr_future_depends_on_the_release() {
     let old = Vm::new(); // 4.17
     old.platform.set_now(1_000);
     assert_eq!(timer(&old, 0, 999, 1), e(ETIME));
-    assert_eq!(
-        timer(&old, 0, 999, 0),
-        0,
-        "without the flag the timer just fires"
-    );
+    assert_eq!(timer(&old, 0, 999, 0), 0, "without the flag the timer just fires");
     assert_eq!(timer(&old, 0, 1_001, 1), 0);
     let new = Vm::version("4.18");
     new.platform.set_now(1_000);

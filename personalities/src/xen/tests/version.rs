@@ -36,14 +36,8 @@ fn extraversion_is_padded_to_16() {
     let (r, buf) = sub(&Vm::new(), 1, 16);
     assert_eq!(r, 0);
     assert_eq!(&buf[..16], &padded(".0", 16)[..]);
-    assert!(
-        buf[16..].iter().all(|b| *b == 0xaa),
-        "exactly 16 bytes written"
-    );
-    let config = XenConfig {
-        extraversion: "-polyvisor.123".into(),
-        ..XenConfig::default()
-    };
+    assert!(buf[16..].iter().all(|b| *b == 0xaa), "exactly 16 bytes written");
+    let config = XenConfig { extraversion: "-polyvisor.123".into(), ..XenConfig::default() };
     let vm = Vm::build(config, Policy::permissive(), HostFacts::nominal());
     let (_, buf) = sub(&vm, 1, 16);
     assert_eq!(&buf[..16], &padded("-polyvisor.123", 16)[..]);
@@ -65,10 +59,7 @@ fn capabilities_and_changeset() {
     let vm = Vm::new();
     let (r, buf) = sub(&vm, 3, 1024);
     assert_eq!(r, 0);
-    assert_eq!(
-        &buf[..1024],
-        &padded("hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 ", 1024)[..]
-    );
+    assert_eq!(&buf[..1024], &padded("hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 ", 1024)[..]);
     assert!(buf[1024..].iter().all(|b| *b == 0xaa));
     let (r, buf) = sub(&vm, 4, 64);
     assert_eq!(r, 0);
@@ -95,15 +86,9 @@ fn get_features() {
     assert_eq!(vm.u32_at(BUF), 0);
     // writable_page_tables, auto_translated_physmap, hvm_safe_pvclock (stable 1 GHz TSC),
     // not_direct_mapped.
-    assert_eq!(
-        vm.u32_at(BUF + 4),
-        (1 << 0) | (1 << 2) | (1 << 9) | (1 << 16)
-    );
+    assert_eq!(vm.u32_at(BUF + 4), (1 << 0) | (1 << 2) | (1 << 9) | (1 << 16));
     // Without a known stable TSC the pvclock is not advertised.
-    let host = HostFacts {
-        stable_tsc: false,
-        ..HostFacts::nominal()
-    };
+    let host = HostFacts { stable_tsc: false, ..HostFacts::nominal() };
     let vm2 = Vm::build(XenConfig::default(), Policy::permissive(), host);
     vm2.write(BUF, &[0; 8]);
     assert_eq!(vm2.rax32(NR, &[6, BUF]), 0);
@@ -151,11 +136,7 @@ fn build_id_is_privileged() {
 fn varbuf_sub_ops_exist_from_4_20() {
     let old = Vm::new();
     for cmd in 11..=14 {
-        assert_eq!(
-            old.rax64(NR, &[cmd, 0]),
-            e(ENOSYS),
-            "4.17 has no sub-op {cmd}"
-        );
+        assert_eq!(old.rax64(NR, &[cmd, 0]), e(ENOSYS), "4.17 has no sub-op {cmd}");
     }
     let vm = Vm::version("4.20");
     // Size requests.
@@ -193,11 +174,7 @@ fn bad_pointers_are_efault() {
     // Past the end of RAM, straddling it, and wrapping the address space.
     for ptr in [0x20_0000, 0x20_0000 - 4, u64::MAX - 3] {
         for cmd in [1, 2, 3, 4, 5, 6, 8, 9] {
-            assert_eq!(
-                vm.rax64(NR, &[cmd, ptr]),
-                e(EFAULT),
-                "cmd {cmd} ptr {ptr:#x}"
-            );
+            assert_eq!(vm.rax64(NR, &[cmd, ptr]), e(EFAULT), "cmd {cmd} ptr {ptr:#x}");
         }
     }
     // A 32-bit caller's buffer may not wrap past 4 GiB.
@@ -211,9 +188,7 @@ fn pointers_are_guest_linear_addresses() {
     const BASE: u64 = 0xffff_8000_0000_0000;
     let mut vm = Vm::new();
     vm.platform.translate = Some(Box::new(|gva, write| {
-        let off = gva
-            .checked_sub(BASE)
-            .ok_or(PlatformError::Failed("unmapped".into()))?;
+        let off = gva.checked_sub(BASE).ok_or(PlatformError::Failed("unmapped".into()))?;
         if off >= 0x20_0000 {
             return Err(PlatformError::Failed("unmapped".into()));
         }
@@ -238,11 +213,7 @@ fn pointers_are_guest_linear_addresses() {
     assert_eq!(vm.rax64(NR, &[3, 0x4000]), e(EFAULT));
     assert_eq!(vm.rax64(NR, &[1, BASE + 0x6000]), e(EFAULT));
     vm.write(0x6000, &[0; 8]);
-    assert_eq!(
-        vm.rax64(NR, &[6, BASE + 0x6000]),
-        e(EFAULT),
-        "get_features writes back"
-    );
+    assert_eq!(vm.rax64(NR, &[6, BASE + 0x6000]), e(EFAULT), "get_features writes back");
     assert_eq!(vm.rax64(NR, &[1, BASE + 0x7000]), 0);
     assert_eq!(&vm.read(0x7000, 3), b".0\0");
 }
