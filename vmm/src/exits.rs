@@ -329,3 +329,7 @@ pub fn format_sregs(s: &kvm_sregs) -> String {
         s.idt.limit
     )
 }
+
+#[cfg(test)]
+#[path = "exits_tests.rs"]
+mod tests;
