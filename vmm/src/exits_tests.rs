@@ -122,6 +122,9 @@ impl VcpuBackend for FakeVcpu {
     fn set_immediate_exit(&mut self, on: bool) {
         self.immediate = on;
     }
+    fn flush_tlb(&mut self) -> Result<(), VcpuError> {
+        Ok(())
+    }
 }
 
 struct FakeVm {

@@ -5,19 +5,60 @@
 use std::cell::Cell;
 use std::sync::Once;
 
-use kvm_bindings::{kvm_interrupt, kvm_run, kvm_xen_hvm_config, KVMIO};
+use std::os::fd::{AsRawFd, RawFd};
+
+use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_run, kvm_translation, kvm_xen_hvm_config, KVMIO};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::errno;
-use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_iow_nr;
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 mod nr {
     #![allow(missing_docs)]
     use super::*;
     ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
     ioctl_iow_nr!(KVM_XEN_HVM_CONFIG, KVMIO, 0x7a, kvm_xen_hvm_config);
+    ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+    ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
 }
-use nr::{KVM_INTERRUPT, KVM_XEN_HVM_CONFIG};
+use nr::{KVM_GET_FPU, KVM_INTERRUPT, KVM_TRANSLATE, KVM_XEN_HVM_CONFIG};
+
+/// A vCPU fd known only by number (the vCPU thread's own, for Platform calls that a handler
+/// makes on the vCPU that trapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawVcpu(pub RawFd);
+
+impl AsRawFd for RawVcpu {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// `KVM_GET_FPU` on a vCPU fd (XMM registers among others).
+pub fn get_fpu(vcpu: RawVcpu) -> Result<kvm_fpu, errno::Error> {
+    let mut fpu = kvm_fpu::default();
+    // SAFETY: `vcpu` is a vCPU fd kept open by the thread that set it; KVM writes exactly one
+    // `kvm_fpu` to the pointer, valid for the call. The return value is checked.
+    let ret = unsafe { ioctl_with_mut_ref(&vcpu, KVM_GET_FPU(), &mut fpu) };
+    if ret == 0 {
+        Ok(fpu)
+    } else {
+        Err(errno::Error::last())
+    }
+}
+
+/// `KVM_TRANSLATE`: a guest linear address through the vCPU's current paging.
+pub fn translate(vcpu: RawVcpu, gva: u64) -> Result<kvm_translation, errno::Error> {
+    let mut t = kvm_translation { linear_address: gva, ..Default::default() };
+    // SAFETY: `vcpu` is a vCPU fd kept open by the thread that set it; KVM reads and writes
+    // one `kvm_translation` through the pointer, valid for the call. The return is checked.
+    let ret = unsafe { ioctl_with_mut_ref(&vcpu, KVM_TRANSLATE(), &mut t) };
+    if ret == 0 {
+        Ok(t)
+    } else {
+        Err(errno::Error::last())
+    }
+}
 
 /// `KVM_CAP_XEN_HVM`.
 pub const KVM_CAP_XEN_HVM: u32 = 38;
@@ -94,6 +135,18 @@ pub fn xen_hvm_config(vm: &VmFd, config: &kvm_xen_hvm_config) -> Result<(), errn
 thread_local! {
     /// The `kvm_run` of the vCPU this thread runs, for the kick signal handler.
     static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+    /// The vCPU this thread runs: (index, fd).
+    static CURRENT_VCPU: Cell<Option<(u32, RawVcpu)>> = const { Cell::new(None) };
+}
+
+/// Records (or clears) the vCPU this thread runs.
+pub fn set_current_vcpu(v: Option<(u32, RawVcpu)>) {
+    CURRENT_VCPU.with(|c| c.set(v));
+}
+
+/// The vCPU fd of vCPU `index` if this thread runs it.
+pub fn current_vcpu(index: u32) -> Option<RawVcpu> {
+    CURRENT_VCPU.with(Cell::get).filter(|(i, _)| *i == index).map(|(_, fd)| fd)
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {

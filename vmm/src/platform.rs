@@ -89,6 +89,48 @@ impl Platform for VmShared {
         .map_err(|e| PlatformError::Failed(e.to_string()))
     }
 
+    fn flush_guest_tlb(&self, target: u32) -> Result<(), PlatformError> {
+        if self.request_tlb_flush(target) {
+            Ok(())
+        } else {
+            Err(PlatformError::NoSuchVcpu(target))
+        }
+    }
+
+    fn read_xmm(&self, vcpu: u32) -> Result<[u128; 6], PlatformError> {
+        let fd = crate::kvm::current_vcpu(vcpu)
+            .ok_or(PlatformError::Unsupported("XMM registers of a vCPU other than the caller"))?;
+        let fpu = crate::kvm::get_fpu(fd)
+            .map_err(|e| PlatformError::Failed(format!("KVM_GET_FPU: {e}")))?;
+        let mut out = [0u128; 6];
+        for (o, x) in out.iter_mut().zip(fpu.xmm.iter()) {
+            *o = u128::from_le_bytes(*x);
+        }
+        Ok(out)
+    }
+
+    fn translate_gva(&self, vcpu: u32, gva: u64, write: bool) -> Result<u64, PlatformError> {
+        let fd = crate::kvm::current_vcpu(vcpu)
+            .ok_or(PlatformError::Unsupported("translating for a vCPU other than the caller"))?;
+        let t = crate::kvm::translate(fd, gva)
+            .map_err(|e| PlatformError::Failed(format!("KVM_TRANSLATE: {e}")))?;
+        if t.valid == 0 {
+            return Err(PlatformError::Failed(format!("{gva:#x} is not mapped")));
+        }
+        if write && t.writeable == 0 {
+            return Err(PlatformError::Failed(format!("{gva:#x} is mapped read-only")));
+        }
+        Ok(t.physical_address)
+    }
+
+    fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
+        if self.set_halt_deadline(vcpu, deadline_ns) {
+            Ok(())
+        } else {
+            Err(PlatformError::NoSuchVcpu(vcpu))
+        }
+    }
+
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
         if self.trap.strategy != crate::trap::TrapStrategy::WriteProtect {
             // The other strategies trap hypercalls wherever they are.

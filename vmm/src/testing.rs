@@ -144,6 +144,14 @@ pub mod calls {
     pub const INC_USER: u64 = 12;
     /// Returns the CPL the engine saw.
     pub const CPL: u64 = 13;
+    /// Returns `Platform::translate_gva(RBX)` (or -1).
+    pub const TRANSLATE: u64 = 14;
+    /// Returns the low 64 bits of XMM register RBX (0..5) via `Platform::read_xmm`.
+    pub const XMM: u64 = 15;
+    /// Halts, bounded by `Platform::halt_until(now + RBX ns)`; returns 0.
+    pub const HALT_FOR: u64 = 16;
+    /// `Platform::flush_guest_tlb(RBX)`; returns 0.
+    pub const FLUSH_TLB: u64 = 17;
 }
 
 fn inc(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
@@ -218,8 +226,33 @@ fn protect(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
 fn cpl(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
     Reply::Value(u64::from(c.vcpu.cpl))
 }
+fn translate(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
+    match c.platform.translate_gva(c.vcpu.vcpu, c.arg(0), false) {
+        Ok(gpa) => Reply::Value(gpa),
+        Err(_) => Reply::Error(u64::MAX),
+    }
+}
+fn xmm(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
+    match c.platform.read_xmm(c.vcpu.vcpu) {
+        Ok(regs) => Reply::Value(regs.get(c.arg(0) as usize).map_or(u64::MAX, |x| *x as u64)),
+        Err(_) => Reply::Error(u64::MAX),
+    }
+}
+fn halt_for(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
+    let deadline = c.platform.monotonic_ns().saturating_add(c.arg(0));
+    match c.platform.halt_until(c.vcpu.vcpu, deadline) {
+        Ok(()) => halt(&TestPersonality::default(), c),
+        Err(_) => Reply::Error(u64::MAX),
+    }
+}
+fn flush_tlb(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
+    match c.platform.flush_guest_tlb(c.arg(0) as u32) {
+        Ok(()) => Reply::Value(0),
+        Err(_) => Reply::Error(u64::MAX),
+    }
+}
 
-static TABLE: [HypercallRow<TestPersonality>; 14] = [
+static TABLE: [HypercallRow<TestPersonality>; 18] = [
     row(calls::INC, "inc", Rings::KERNEL, inc),
     row(calls::ADD, "add", Rings::KERNEL, add),
     row(calls::PRINT, "print", Rings::KERNEL, print),
@@ -234,6 +267,10 @@ static TABLE: [HypercallRow<TestPersonality>; 14] = [
     row(calls::PROTECT, "protect", Rings::KERNEL, protect),
     row(calls::INC_USER, "inc_user", Rings::KERNEL_AND_USER, inc),
     row(calls::CPL, "cpl", Rings::KERNEL_AND_USER, cpl),
+    row(calls::TRANSLATE, "translate", Rings::KERNEL, translate),
+    row(calls::XMM, "xmm", Rings::KERNEL, xmm),
+    row(calls::HALT_FOR, "halt_for", Rings::KERNEL, halt_for),
+    row(calls::FLUSH_TLB, "flush_tlb", Rings::KERNEL, flush_tlb),
 ];
 
 const fn row(

@@ -182,6 +182,9 @@ pub trait VcpuBackend {
     fn request_interrupt_window(&mut self, on: bool);
     /// Sets `immediate_exit`: the next run only completes pending I/O and returns EINTR.
     fn set_immediate_exit(&mut self, on: bool);
+    /// Drops the guest's cached translations before the next entry (rewriting the special
+    /// registers makes KVM reset the MMU context and flush).
+    fn flush_tlb(&mut self) -> Result<(), VcpuError>;
 }
 
 /// The vCPU thread's state (Firecracker's explicit state machine, reduced to what this VMM
@@ -445,6 +448,14 @@ impl VcpuBackend for KvmVcpu {
 
     fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    fn flush_tlb(&mut self) -> Result<(), VcpuError> {
+        self.flush()?;
+        let sregs = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        self.fd.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        self.fresh = false;
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 //! The hot path (exit -> dispatch -> resume) takes no lock: per-vCPU atomics only. Locks are
 //! taken to park and wake, to change the memory layout, and for console lines.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ use crate::vcpu::{KvmVcpu, VcpuBackend, VcpuState};
 #[derive(Debug, Default)]
 struct Park {
     parked: bool,
+    /// Counted in `VmShared::parked` (an unbounded halt).
+    counted: bool,
 }
 
 /// What every thread may know about one vCPU.
@@ -41,6 +44,11 @@ pub struct VcpuShared {
     in_run: AtomicBool,
     state: AtomicU8,
     spin_check: AtomicBool,
+    flush_tlb: AtomicBool,
+    /// `KVM_RUN` calls that returned.
+    runs: AtomicU64,
+    /// `Platform::halt_until` for the halt being started: monotonic ns, 0 = none.
+    halt_deadline: AtomicU64,
     kick: Mutex<Option<libc::pthread_t>>,
     /// Counters.
     pub stats: Stats,
@@ -58,6 +66,9 @@ impl VcpuShared {
             in_run: AtomicBool::new(false),
             state: AtomicU8::new(VcpuState::Created as u8),
             spin_check: AtomicBool::new(false),
+            flush_tlb: AtomicBool::new(false),
+            runs: AtomicU64::new(0),
+            halt_deadline: AtomicU64::new(0),
             kick: Mutex::new(None),
             stats: Stats::default(),
         }
@@ -256,7 +267,10 @@ impl VmShared {
         };
         if p.parked {
             p.parked = false;
-            self.parked.fetch_sub(1, Ordering::AcqRel);
+            if p.counted {
+                p.counted = false;
+                self.parked.fetch_sub(1, Ordering::AcqRel);
+            }
             v.park_cv.notify_one();
             true
         } else {
@@ -300,7 +314,29 @@ impl VmShared {
             return;
         }
         v.interruptible.store(interruptible, Ordering::Release);
+        let deadline = v.halt_deadline.swap(0, Ordering::AcqRel);
+        if deadline != 0 {
+            // A bounded halt: the VMM wakes it, so it never counts as halted for good.
+            v.set_state(VcpuState::Halted);
+            p.parked = true;
+            while p.parked && !self.stopping() {
+                let now = self.now_ns();
+                if now >= deadline {
+                    break;
+                }
+                p = match v.park_cv.wait_timeout(p, Duration::from_nanos(deadline - now)) {
+                    Ok((g, _)) => g,
+                    Err(_) => return,
+                };
+            }
+            p.parked = false;
+            v.wake_flag.store(false, Ordering::Release);
+            v.interruptible.store(true, Ordering::Release);
+            v.set_state(VcpuState::Running);
+            return;
+        }
         p.parked = true;
+        p.counted = true;
         v.set_state(VcpuState::Halted);
         let parked = self.parked.fetch_add(1, Ordering::AcqRel) + 1;
         if parked as usize >= self.vcpus.len() {
@@ -335,7 +371,10 @@ impl VmShared {
         }
         if p.parked {
             p.parked = false;
-            self.parked.fetch_sub(1, Ordering::AcqRel);
+            if p.counted {
+                p.counted = false;
+                self.parked.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         v.wake_flag.store(false, Ordering::Release);
         v.interruptible.store(true, Ordering::Release);
@@ -417,6 +456,7 @@ impl VmShared {
             return;
         };
         rawkvm::set_kick_target(backend.kvm_run_ptr());
+        rawkvm::set_current_vcpu(Some((index, rawkvm::RawVcpu(backend.fd().as_raw_fd()))));
         if let Ok(mut k) = v.kick.lock() {
             *k = Some(rawkvm::current_thread());
         }
@@ -430,6 +470,7 @@ impl VmShared {
             *k = None;
         }
         rawkvm::set_kick_target(std::ptr::null_mut());
+        rawkvm::set_current_vcpu(None);
         v.set_state(VcpuState::Exited);
     }
 
@@ -445,17 +486,28 @@ impl VmShared {
                 self.wait_unpaused(v);
                 continue;
             }
+            if v.flush_tlb.swap(false, Ordering::SeqCst) {
+                if let Err(e) = backend.flush_tlb() {
+                    v.in_run.store(false, Ordering::SeqCst);
+                    return Some(VmEnd::VmmFailure(format!("vCPU {}: {e}", v.index)));
+                }
+            }
             if let Err(e) = self.deliver_interrupts(v, backend) {
                 v.in_run.store(false, Ordering::SeqCst);
                 return Some(VmEnd::VmmFailure(format!("vCPU {}: {e}", v.index)));
             }
             let exit = backend.run();
             v.in_run.store(false, Ordering::SeqCst);
+            v.runs.fetch_add(1, Ordering::SeqCst);
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(e) => return Some(VmEnd::VmmFailure(format!("vCPU {}: {e}", v.index))),
             };
-            match handle_exit(exit, v.index, backend, self) {
+            let action = handle_exit(exit, v.index, backend, self);
+            if !matches!(action, Ok(Action::Halt)) {
+                v.halt_deadline.store(0, Ordering::Relaxed);
+            }
+            match action {
                 Ok(Action::Continue) => {}
                 Ok(Action::Halt) => {
                     self.console.flush(Some(v.index));
@@ -520,7 +572,44 @@ impl VmShared {
         }
     }
 
-    /// Protects code pages before the vCPUs start.
+    /// Nanoseconds since the VM started.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Bounds the next halt of vCPU `index`.
+    pub fn set_halt_deadline(&self, index: u32, deadline_ns: u64) -> bool {
+        self.vcpu(index).is_some_and(|v| {
+            v.halt_deadline.store(deadline_ns.max(1), Ordering::Release);
+            true
+        })
+    }
+
+    /// Makes vCPU `target` flush its TLB before it next enters the guest, and waits until it
+    /// is out of the guest if it is in it now.
+    pub fn request_tlb_flush(&self, target: u32) -> bool {
+        let Some(v) = self.vcpu(target) else {
+            return false;
+        };
+        v.flush_tlb.store(true, Ordering::SeqCst);
+        if v.in_run.load(Ordering::SeqCst) {
+            let generation = v.runs.load(Ordering::SeqCst);
+            let mut rounds = 0u32;
+            while v.in_run.load(Ordering::SeqCst)
+                && v.runs.load(Ordering::SeqCst) == generation
+                && !self.stopping()
+            {
+                if rounds.is_multiple_of(20) {
+                    self.kick(target);
+                }
+                rounds = rounds.wrapping_add(1);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        true
+    }
+
+    /// The guest TSC now: host RDTSC plus the offset measured at start.
     pub fn tsc_now(&self) -> u64 {
         let host = read_tsc();
         host.wrapping_add_signed(self.tsc_offset.load(Ordering::Relaxed))

@@ -141,6 +141,17 @@ fn overlays_trap_calls_refuse_writes_and_restore_ram() {
 }
 
 #[test]
+fn platform_translate_xmm_bounded_halt_and_tlb_flush() {
+    let t0 = Instant::now();
+    let r = passes("vmmtest64", "platform", 1);
+    assert!(t0.elapsed() >= Duration::from_millis(20));
+    let t = lines(&r);
+    assert!(t.contains("xmm1 = 1122334455667788 fault=0"), "{t}");
+    let r = passes("vmmtest_pvh32", "platform", 1);
+    assert!(lines(&r).contains("bounded halt returned 0"));
+}
+
+#[test]
 fn guest_tsc_matches_the_platform() {
     let (r, _) = run_guest("vmmtest64", 1, "test=tsc");
     let t = lines(&r);

@@ -18,6 +18,10 @@
 #define T_OVERLAY 10
 #define T_INC_USER 12
 #define T_CPL 13
+#define T_TRANSLATE 14
+#define T_XMM 15
+#define T_HALT_FOR 16
+#define T_FLUSH_TLB 17
 
 #if RT_64BIT
 #define R_AX rax
@@ -347,6 +351,40 @@ static int t_overlay(void)
     return failures;
 }
 
+/* ------------------------------------------------- platform services */
+static int t_platform(void)
+{
+    int f;
+    static u8 probe_page[4096] __aligned(4096);
+    ureg va = (ureg)(uptr)probe_page;
+    ureg gpa = call(0, T_TRANSLATE, va, 0, &f);
+    SAY("translate %lx -> %lx fault=%d\n", (unsigned long)va, (unsigned long)gpa, f);
+    CHECK(f == 0 && gpa == va); /* identity map (or paging off) */
+#if RT_64BIT
+    u64 x = 0x1122334455667788ull;
+    ureg cr4 = read_cr4() | 0x600; /* OSFXSR | OSXMMEXCPT: SSE on */
+    __asm__ volatile("mov %0, %%cr4" ::"r"(cr4));
+    static u64 buf[2] __aligned(16);
+    buf[0] = x;
+    buf[1] = 0;
+    /* movdqu: also emulable by KVM (PVM hosts may emulate it); the C code never uses XMM. */
+    __asm__ volatile("movdqu (%0), %%xmm1" ::"r"(buf) : "memory");
+    ureg got = call(0, T_XMM, 1, 0, &f);
+    SAY("xmm1 = %lx fault=%d\n", (unsigned long)got, f);
+    CHECK(f == 0 && got == x);
+#endif
+    u64 t0 = rdtsc();
+    ureg v = call(0, T_HALT_FOR, 20000000, 0, &f); /* 20 ms */
+    u64 t1 = rdtsc();
+    SAY("bounded halt returned %lu fault=%d after %llu cycles\n", (unsigned long)v, f,
+        (unsigned long long)(t1 - t0));
+    CHECK(f == 0 && v == 0);
+    v = call(0, T_FLUSH_TLB, 0, 0, &f);
+    SAY("flush own TLB = %lu fault=%d\n", (unsigned long)v, f);
+    CHECK(f == 0 && v == 0);
+    return failures;
+}
+
 /* --------------------------------------------------------------------- tsc */
 static int t_tsc(void)
 {
@@ -432,6 +470,8 @@ int guest_main(const struct hvm_start_info *si)
         rc = t_code();
     else if (!strcmp(test, "overlay"))
         rc = t_overlay();
+    else if (!strcmp(test, "platform"))
+        rc = t_platform();
     else if (!strcmp(test, "tsc"))
         rc = t_tsc();
     else if (!strcmp(test, "triple"))
