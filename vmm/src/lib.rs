@@ -13,6 +13,13 @@
 //!
 //! [`Platform`]: polyvisor_core::Platform
 #![deny(missing_docs)]
+// No panic reachable from guest data: the exit path (and everything else here) may not
+// unwrap, expect, panic or index unchecked.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
 
 pub mod boot;
 pub mod cpuid;

@@ -290,7 +290,7 @@ pub fn parse_kernel(bytes: &[u8], ram_size: u64) -> Result<KernelImage, LoadErro
             for (d, s) in m.iter_mut().zip(bytes) {
                 *d = *s;
             }
-            if bytes.starts_with(&ELF_MAGIC[..bytes.len().min(4)]) {
+            if ELF_MAGIC.starts_with(bytes) {
                 return Err(LoadError::Truncated {
                     what: "the ELF header",
                     start: 0,

@@ -301,9 +301,10 @@ impl VcpuBackend for KvmVcpu {
             }
             Some(VcpuExit::MmioWrite(gpa, data)) => {
                 let mut d = [0u8; 8];
-                let len = data.len().min(8);
-                d[..len].copy_from_slice(&data[..len]);
-                Exit::MmioWrite { gpa, len: len as u8, data: d }
+                for (dst, src) in d.iter_mut().zip(data.iter()) {
+                    *dst = *src;
+                }
+                Exit::MmioWrite { gpa, len: data.len().min(8) as u8, data: d }
             }
             Some(VcpuExit::MmioRead(gpa, data)) => {
                 Exit::MmioRead { gpa, len: data.len().min(8) as u8 }
@@ -372,8 +373,9 @@ impl VcpuBackend for KvmVcpu {
         // SAFETY: called only after a KVM_EXIT_MMIO read, when the `mmio` arm is live; the
         // data array is 8 bytes and we copy at most that.
         let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
-        let n = data.len().min(8);
-        mmio.data[..n].copy_from_slice(&data[..n]);
+        for (dst, src) in mmio.data.iter_mut().zip(data) {
+            *dst = *src;
+        }
     }
 
     fn complete_msr(&mut self, error: bool, data: u64) {

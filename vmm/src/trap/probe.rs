@@ -238,7 +238,9 @@ fn write_guest(mem: &GuestMem) -> Result<(), ProbeError> {
     let mut t = [0u8; TSS_LIMIT as usize + 1];
     t[4..12].copy_from_slice(&0x1e_0000u64.to_le_bytes()); // RSP0
     t[102..104].copy_from_slice(&104u16.to_le_bytes());
-    t[TSS_LIMIT as usize] = 0xff;
+    if let Some(last) = t.last_mut() {
+        *last = 0xff; // the bitmap's terminator
+    }
     ram.write_slice(&t, GuestAddress(tss))?;
     ram.write_slice(&gate(CODE + 0x120, 0), GuestAddress(IDT + 6 * 16))?;
     ram.write_slice(&gate(CODE + 0x100, 0), GuestAddress(IDT + 0x20 * 16))?;
