@@ -37,6 +37,8 @@ struct FakeVcpu {
     msr: Option<(bool, u64)>,
     io: Vec<u8>,
     runs: usize,
+    /// Exits the completion run produces before it returns EINTR.
+    completion_exits: VecDeque<Exit>,
 }
 
 impl FakeVcpu {
@@ -65,6 +67,7 @@ impl FakeVcpu {
             msr: None,
             io: Vec::new(),
             runs: 0,
+            completion_exits: VecDeque::new(),
         }
     }
 }
@@ -73,6 +76,9 @@ impl VcpuBackend for FakeVcpu {
     fn run(&mut self) -> Result<Exit, VcpuError> {
         self.runs += 1;
         if self.immediate {
+            if let Some(exit) = self.completion_exits.pop_front() {
+                return Ok(exit);
+            }
             if self.pending == Pending::Xen {
                 self.regs.rax = self.xen_result;
                 self.regs.rip += 3;
@@ -214,6 +220,29 @@ fn write_protect_hypercall_is_dispatched_with_the_original_instruction() {
     let mut b = [0u8; 3];
     vm.mem.ram().read_slice(&mut b, GuestAddress(0x10_0000)).unwrap();
     assert_eq!(b, HypercallInstruction::Vmmcall.bytes());
+}
+
+#[test]
+fn a_patch_split_across_pages_is_one_hypercall() {
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0ffe, &HypercallInstruction::Vmmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.regs.rip = 0x10_0ffe;
+    v.regs.rax = crate::testing::calls::INC;
+    v.regs.rbx = 1;
+    let mut first = [0u8; 8];
+    first[..2].copy_from_slice(&[0x0f, 0x01]);
+    let mut second = [0u8; 8];
+    second[0] = 0xc1;
+    v.completion_exits.push_back(Exit::MmioWrite { gpa: 0x10_1000, len: 1, data: second });
+    let a = handle_exit(Exit::MmioWrite { gpa: 0x10_0ffe, len: 2, data: first }, 0, &mut v, &vm)
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    assert_eq!(v.regs.rax, 2);
+    assert_eq!(v.regs.rip, 0x10_1001);
+    let mut b = [0u8; 3];
+    vm.mem.ram().read_slice(&mut b, GuestAddress(0x10_0ffe)).unwrap();
+    assert_eq!(b, HypercallInstruction::Vmmcall.bytes(), "the original bytes stay");
 }
 
 #[test]

@@ -118,13 +118,18 @@ pub fn rip_linear(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
 
 /// The guest-physical address of RIP, by a walk of the guest's page tables.
 pub fn rip_gpa(vm: &dyn VmServices, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<u64> {
+    translate_linear(vm, sregs, rip_linear(regs, sregs))
+}
+
+/// A guest linear address through the vCPU's paging, read from guest memory.
+pub fn translate_linear(vm: &dyn VmServices, sregs: &kvm_sregs, linear: u64) -> Option<u64> {
     let pr = PagingRegs { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
     let mem = vm.mem();
     let read8 = |gpa: u64| {
         let mut b = [0u8; 8];
         mem.read_visible(gpa, &mut b).then(|| u64::from_le_bytes(b))
     };
-    paging::translate(&pr, rip_linear(regs, sregs), &read8)
+    paging::translate(&pr, linear, &read8)
 }
 
 /// The registers as the engine sees them.

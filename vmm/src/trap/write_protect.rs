@@ -28,15 +28,56 @@ use polyvisor_core::{Exception, HypercallInstruction};
 
 use crate::end::VmEnd;
 use crate::exits::{bump, handle_exit, Action, VmServices};
-use crate::trap::{complete_pending, rip_gpa, serve};
-use crate::vcpu::{VcpuBackend, VcpuError};
+use kvm_bindings::{kvm_regs, kvm_sregs};
 
-/// Whether an MMIO write could be the emulator's hypercall patch.
+use crate::trap::{complete_pending, rip_gpa, rip_linear, serve, translate_linear};
+use crate::vcpu::{Exit, VcpuBackend, VcpuError};
+
+/// Whether an MMIO write could be the emulator's whole hypercall patch.
 pub fn is_patch_candidate(len: u8, data: &[u8; 8]) -> Option<HypercallInstruction> {
     if len != 3 {
         return None;
     }
     HypercallInstruction::from_bytes([data[0], data[1], data[2]])
+}
+
+/// Whether `data` is the part of a hypercall encoding that starts at byte `offset` (the
+/// emulator splits its patch write where the instruction crosses a page).
+pub fn is_patch_fragment(offset: usize, data: &[u8]) -> bool {
+    [HypercallInstruction::Vmcall, HypercallInstruction::Vmmcall].iter().any(|insn| {
+        let enc = insn.bytes();
+        offset + data.len() <= enc.len()
+            && !data.is_empty()
+            && data.iter().enumerate().all(|(i, b)| enc.get(offset + i) == Some(b))
+    })
+}
+
+/// The instruction at RIP: its bytes' guest-physical addresses (through the guest's page
+/// tables; an instruction may cross a page) and the bytes themselves.
+fn instruction_at_rip(
+    vm: &dyn VmServices,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+) -> Option<([u64; 3], [u8; 3])> {
+    let first = rip_gpa(vm, regs, sregs)?;
+    let mut gpas = [first, first + 1, first + 2];
+    if first & 0xfff > 0xffd {
+        // Crosses a page: translate the bytes on the next page separately.
+        let linear = rip_linear(regs, sregs);
+        for (k, g) in gpas.iter_mut().enumerate().skip(1) {
+            let at = linear.wrapping_add(k as u64);
+            *g = translate_linear(vm, sregs, at)?;
+        }
+    }
+    let mut bytes = [0u8; 3];
+    for (b, g) in bytes.iter_mut().zip(gpas) {
+        let mut one = [0u8; 1];
+        if !vm.mem().read_visible(g, &mut one) {
+            return None;
+        }
+        *b = one[0];
+    }
+    Some((gpas, bytes))
 }
 
 /// Handles `KVM_EXIT_MMIO` writes: hypercall patches, guest writes to protected RAM, writes
@@ -52,12 +93,7 @@ pub fn on_mmio_write(
     let mem = vm.mem();
     let overlay = mem.overlay_at(gpa).is_some();
     let payload = data.get(..usize::from(len.min(8))).unwrap_or(&[]);
-    let candidate = is_patch_candidate(len, &data);
-    if candidate.is_none() && !overlay {
-        if mem.is_ram(gpa) && mem.write_ram(gpa, payload) {
-            bump(&vm.stats(vcpu).protected_writes);
-            return Ok(Action::Continue);
-        }
+    if !overlay && !mem.is_ram(gpa) {
         return Ok(Action::End(VmEnd::Unhandled {
             vcpu,
             access: format!(
@@ -66,41 +102,57 @@ pub fn on_mmio_write(
             dump: crate::exits::dump(backend),
         }));
     }
-    // The original bytes, before the emulation is completed.
-    let mut original = [0u8; 3];
-    let have_original = mem.read_visible(gpa, &mut original);
+    // Before anything is applied: the registers, and the original bytes of the instruction
+    // at RIP. A write is the emulator's patch when it lands on those bytes, they are a
+    // hypercall instruction, and it writes (part of) a hypercall encoding there.
     let before = backend.regs()?;
-    if let Some(other) = complete_pending(backend)? {
-        // Not a lone patch write: the instruction goes on with more exits. Treat this write
-        // as the guest's own and handle what came next.
-        if !overlay && mem.is_ram(gpa) {
-            mem.write_ram(gpa, payload);
-            bump(&vm.stats(vcpu).protected_writes);
-        }
-        return handle_exit(other, vcpu, backend, vm);
-    }
-    let regs = backend.regs()?;
     let sregs = backend.sregs()?;
-    if candidate.is_some() && have_original && regs.rip == before.rip {
-        if let Some(insn) = HypercallInstruction::from_bytes(original) {
-            if rip_gpa(vm, &regs, &sregs) == Some(gpa) {
-                return serve(vm, backend, vcpu, regs, &sregs, insn);
+    let at_rip = instruction_at_rip(vm, &before, &sregs);
+    let insn = at_rip.and_then(|(gpas, bytes)| {
+        let insn = HypercallInstruction::from_bytes(bytes)?;
+        let offset = gpas.iter().position(|g| *g == gpa)?;
+        is_patch_fragment(offset, payload).then_some(insn)
+    });
+    let Some(insn) = insn else {
+        // The guest's own write.
+        if overlay {
+            // A VMM-owned read-only page: #GP(0) at the writing instruction.
+            if let Some(other) = complete_pending(backend)? {
+                return handle_exit(other, vcpu, backend, vm);
             }
+            backend.set_regs(&before)?;
+            backend.inject_exception(Exception::GeneralProtection(0))?;
+            return Ok(Action::Continue);
         }
-    }
-    if overlay {
-        // A guest write to a VMM-owned read-only page: #GP(0) at the writing instruction.
-        backend.set_regs(&before)?;
-        backend.inject_exception(Exception::GeneralProtection(0))?;
-        return Ok(Action::Continue);
-    }
-    if mem.is_ram(gpa) && mem.write_ram(gpa, payload) {
+        mem.write_ram(gpa, payload);
         bump(&vm.stats(vcpu).protected_writes);
         return Ok(Action::Continue);
+    };
+    // The hypercall. Complete the emulation without applying the patch (swallowing the rest
+    // of it when the instruction crosses a page), then dispatch.
+    for _ in 0..3 {
+        match complete_pending(backend)? {
+            None => {
+                let regs = backend.regs()?;
+                if regs.rip != before.rip {
+                    // KVM moved on; nothing to answer.
+                    return Ok(Action::Continue);
+                }
+                let sregs = backend.sregs()?;
+                return serve(vm, backend, vcpu, regs, &sregs, insn);
+            }
+            Some(Exit::MmioWrite { gpa: g, len: l, data: d })
+                if at_rip.is_some_and(|(gpas, _)| {
+                    gpas.iter().position(|x| *x == g).is_some_and(|off| {
+                        is_patch_fragment(off, d.get(..usize::from(l.min(8))).unwrap_or(&[]))
+                    })
+                }) => {}
+            Some(other) => return handle_exit(other, vcpu, backend, vm),
+        }
     }
-    Ok(Action::End(VmEnd::Unhandled {
+    Ok(Action::End(VmEnd::InternalError {
         vcpu,
-        access: format!("MMIO write of {len} bytes at {gpa:#x} = {payload:02x?} (no device there)"),
+        what: "the emulator kept writing after a hypercall patch".into(),
         dump: crate::exits::dump(backend),
     }))
 }
