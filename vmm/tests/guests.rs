@@ -228,3 +228,43 @@ fn bench_hypercall_vs_port_io() {
     println!("{t}{:?} in {:?}", r.stats, r.elapsed);
     assert!(t.contains("bench n=3000"), "{}", show(&r));
 }
+
+#[test]
+fn trap_choices_the_host_lacks_are_refused_with_the_reason() {
+    use polyvisor_config::TrapStrategyChoice;
+    let image = polyvisor_guests::image("vmmtest64").unwrap();
+    let (_, engine) = polyvisor_vmm::testing::test_engine();
+    let mut cfg = config(1, "test=ud");
+    cfg.config.host.trap = TrapStrategyChoice::XenIntercept;
+    let host = polyvisor_vmm::host_check().unwrap();
+    let err = polyvisor_vmm::run(
+        &cfg,
+        polyvisor_vmm::RunOptions {
+            kernel_override: Some(image.to_vec()),
+            dispatch: Some(engine.clone()),
+            ..Default::default()
+        },
+    );
+    if host.strategy != TrapStrategy::XenIntercept {
+        let e = err.expect_err("no Xen intercept here").to_string();
+        assert!(e.contains("CONFIG_KVM_XEN"), "{e}");
+    }
+    // No trap at all: refused while hypercalls are enabled...
+    cfg.config.host.trap = TrapStrategyChoice::None;
+    let e = polyvisor_vmm::run(
+        &cfg,
+        polyvisor_vmm::RunOptions {
+            kernel_override: Some(image.to_vec()),
+            dispatch: Some(engine.clone()),
+            ..Default::default()
+        },
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(e.contains("needs a hypercall trap"), "{e}");
+    // ...and with hypercalls off the guest's calls raise #UD (the quirk is turned off).
+    cfg.config.hypervisor.hypercalls_enabled = false;
+    let (r, _) = run_image(image, &cfg);
+    assert_eq!(r.trap, TrapStrategy::None);
+    assert!(lines(&r).contains("VMCALL inc(1) = fffffffffffffffe fault=6"), "{}", show(&r));
+}
