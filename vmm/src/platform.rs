@@ -7,19 +7,6 @@ use polyvisor_core::{Platform, PlatformError, ProbeEvent};
 
 use crate::vm::{ProbeSink, VmShared};
 
-/// One probe event as a JSON line (until the bhyve personality supplies its own format).
-pub fn probe_json(e: &ProbeEvent<'_>) -> String {
-    serde_json::json!({
-        "probe_id": e.probe_id,
-        "name": e.name,
-        "args": e.args,
-        "thread": e.thread,
-        "vcpu": e.vcpu,
-        "timestamp_ns": e.timestamp_ns,
-    })
-    .to_string()
-}
-
 impl Platform for VmShared {
     fn console_write(&self, vcpu: u32, bytes: &[u8]) {
         self.console.write(vcpu, bytes);
@@ -69,7 +56,7 @@ impl Platform for VmShared {
     }
 
     fn probe_fired(&self, event: &ProbeEvent<'_>) {
-        let line = probe_json(event);
+        let line = polyvisor_personalities::bhyve::probe_event_json(event);
         if let Ok(mut sink) = self.probe_sink.lock() {
             match &mut *sink {
                 ProbeSink::File(f) => {

@@ -152,6 +152,8 @@ pub mod calls {
     pub const HALT_FOR: u64 = 16;
     /// `Platform::flush_guest_tlb(RBX)`; returns 0.
     pub const FLUSH_TLB: u64 = 17;
+    /// Fires probe RBX named "test:::probe" with arguments RCX, RDX, RSI, RDI, R8.
+    pub const PROBE: u64 = 18;
 }
 
 fn inc(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
@@ -252,7 +254,19 @@ fn flush_tlb(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
     }
 }
 
-static TABLE: [HypercallRow<TestPersonality>; 18] = [
+fn probe(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
+    c.platform.probe_fired(&polyvisor_core::ProbeEvent {
+        probe_id: c.arg(0),
+        name: "test:::probe",
+        args: [c.arg(1), c.arg(2), c.arg(3), c.arg(4), c.arg(5)],
+        thread: 0,
+        vcpu: c.vcpu.vcpu,
+        timestamp_ns: c.platform.monotonic_ns(),
+    });
+    Reply::Value(0)
+}
+
+static TABLE: [HypercallRow<TestPersonality>; 19] = [
     row(calls::INC, "inc", Rings::KERNEL, inc),
     row(calls::ADD, "add", Rings::KERNEL, add),
     row(calls::PRINT, "print", Rings::KERNEL, print),
@@ -271,6 +285,7 @@ static TABLE: [HypercallRow<TestPersonality>; 18] = [
     row(calls::XMM, "xmm", Rings::KERNEL, xmm),
     row(calls::HALT_FOR, "halt_for", Rings::KERNEL, halt_for),
     row(calls::FLUSH_TLB, "flush_tlb", Rings::KERNEL, flush_tlb),
+    row(calls::PROBE, "probe", Rings::KERNEL, probe),
 ];
 
 const fn row(

@@ -152,6 +152,25 @@ fn platform_translate_xmm_bounded_halt_and_tlb_flush() {
 }
 
 #[test]
+fn probe_events_go_to_the_probe_log_as_json_lines() {
+    let dir = std::env::temp_dir().join(format!("polyvisor-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("probes.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let image = polyvisor_guests::image("vmmtest64").unwrap();
+    let mut cfg = config(1, "test=platform");
+    cfg.config.bhyve.probe_log = Some(log.clone());
+    let (r, _) = run_image(image, &cfg);
+    assert_eq!(r.end, VmEnd::ExitPort(0), "{}", show(&r));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["probe_id"], 5);
+    assert_eq!(v["name"], "test:::probe");
+    assert_eq!(v["args"][0], 77);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn guest_tsc_matches_the_platform() {
     let (r, _) = run_guest("vmmtest64", 1, "test=tsc");
     let t = lines(&r);

@@ -22,6 +22,7 @@
 #define T_XMM 15
 #define T_HALT_FOR 16
 #define T_FLUSH_TLB 17
+#define T_PROBE 18
 
 #if RT_64BIT
 #define R_AX rax
@@ -381,6 +382,8 @@ static int t_platform(void)
     CHECK(f == 0 && v == 0);
     v = call(0, T_FLUSH_TLB, 0, 0, &f);
     SAY("flush own TLB = %lu fault=%d\n", (unsigned long)v, f);
+    CHECK(f == 0 && v == 0);
+    v = call(0, T_PROBE, 5, 77, &f);
     CHECK(f == 0 && v == 0);
     return failures;
 }
