@@ -33,3 +33,27 @@ fn pvh_32bit() {
 fn pvh_to_long_mode() {
     boots("smoke_pvh64", BootKind::Pvh);
 }
+
+#[test]
+fn a_pvh64_image_also_boots_elf64_direct_when_asked() {
+    let image = polyvisor_guests::image("smoke_pvh64").unwrap();
+    let mut cfg = common::config(1, "");
+    cfg.config.vm.boot = polyvisor_config::BootProtocol::Elf64;
+    let (r, _) = common::run_image(image, &cfg);
+    assert_eq!(r.end, VmEnd::ExitPort(0), "{}", show(&r));
+    assert_eq!(r.boot, BootKind::Elf64);
+    assert!(r.console_text().contains("ELF64 direct boot"), "{}", show(&r));
+    // And a 32-bit image cannot be booted as ELF64.
+    let image = polyvisor_guests::image("smoke_pvh32").unwrap();
+    let (_, engine) = polyvisor_vmm::testing::test_engine();
+    let err = polyvisor_vmm::run(
+        &cfg,
+        polyvisor_vmm::RunOptions {
+            kernel_override: Some(image.to_vec()),
+            dispatch: Some(engine),
+            ..Default::default()
+        },
+    )
+    .expect_err("ELFCLASS32 is not ELF64 direct");
+    assert!(err.to_string().contains("ELFCLASS64"), "{err}");
+}
