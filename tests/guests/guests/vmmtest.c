@@ -87,6 +87,7 @@ static int t_hcall(void)
 }
 
 /* ------------------------------------------------------------------- bench */
+
 static int t_bench(void)
 {
     u64 n = cmdline_get_u64("count", 2000);
@@ -104,7 +105,15 @@ static int t_bench(void)
         hypercall_vmcall_raw(&r);
     }
     u64 t3 = rdtsc();
+#if RT_64BIT
+    __asm__ volatile("1: xorl %%eax, %%eax\n\t.byte 0x0f, 0x01, 0xc1\n\tdecq %%rcx\n\tjnz 1b"
+                     : : "c"(n) : "rax", "rbx", "memory");
+#endif
+    u64 t4 = rdtsc();
     u64 rem;
+    /* The same trap with no C around it: a bare VMCALL loop. */
+    SAY("bench inline_vmcall_loop_cycles=%llu\n", (unsigned long long)udiv64(t4 - t3, n, &rem));
+
     SAY("bench n=%llu hypercall_cycles=%llu pio_cycles=%llu raw_hypercall_cycles=%llu\n",
         (unsigned long long)n, (unsigned long long)udiv64(t1 - t0, n, &rem),
         (unsigned long long)udiv64(t2 - t1, n, &rem), (unsigned long long)udiv64(t3 - t2, n, &rem));
