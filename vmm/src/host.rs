@@ -80,6 +80,8 @@ pub struct HostReport {
     pub caps: Caps,
     /// CPUID vendor string of the host.
     pub vendor: String,
+    /// Why KVM could not be used at all, if it could not.
+    pub kvm_error: Option<String>,
     /// The host CPU's native hypercall instruction (by vendor).
     pub vendor_instruction: &'static str,
     /// The probe VM's observations (`None` when it could not run, see `probe_error`).
@@ -289,11 +291,37 @@ fn verdicts(strategy: TrapStrategy, facts: &HostFacts) -> Vec<PersonalityVerdict
 }
 
 /// Checks the host: capabilities, a probe VM, the strategy it supports, time, personalities.
-/// Opens `/dev/kvm`; fails only if that cannot be opened.
-pub fn host_check() -> Result<HostReport, kvm_ioctls::Error> {
+/// Without a usable `/dev/kvm` the report says so (`kvm_error`) and finds no strategy.
+pub fn host_check() -> HostReport {
     let started = Instant::now();
-    let kvm = Kvm::new()?;
-    Ok(check_with(&kvm, started))
+    match Kvm::new() {
+        Ok(kvm) => check_with(&kvm, started),
+        Err(e) => {
+            let vendor = host_vendor();
+            let facts = HostFacts {
+                instruction: vendor_instruction(&vendor),
+                tsc_khz: None,
+                stable_tsc: host_stable_tsc(),
+            };
+            HostReport {
+                api_version: 0,
+                caps: Caps::default(),
+                vendor_instruction: vendor_instruction(&vendor).into(),
+                vendor,
+                kvm_error: Some(format!("cannot open /dev/kvm: {e}")),
+                probe: None,
+                probe_error: None,
+                strategy: TrapStrategy::None,
+                cpl3_trappable: false,
+                interrupt_delivery: "none (no KVM)",
+                interrupt_delivery_verified: false,
+                tsc_khz: None,
+                stable_tsc: facts.stable_tsc,
+                personalities: verdicts(TrapStrategy::None, &facts),
+                micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            }
+        }
+    }
 }
 
 pub(crate) fn check_with(kvm: &Kvm, started: Instant) -> HostReport {
@@ -311,6 +339,7 @@ pub(crate) fn check_with(kvm: &Kvm, started: Instant) -> HostReport {
         caps,
         vendor_instruction: vendor_instruction(&vendor).into(),
         vendor,
+        kvm_error: None,
         interrupt_delivery:
             "user-space injection (KVM_INTERRUPT + interrupt windows, no in-kernel irqchip)",
         interrupt_delivery_verified: probe.as_ref().is_some_and(|p| p.interrupt_injection),
@@ -332,6 +361,9 @@ impl fmt::Display for HostReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
         writeln!(f, "polyvisor host check")?;
+        if let Some(e) = &self.kvm_error {
+            writeln!(f, "  KVM                    unavailable: {e}")?;
+        }
         writeln!(f, "  KVM API version        {}", self.api_version)?;
         writeln!(
             f,

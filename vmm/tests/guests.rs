@@ -82,7 +82,7 @@ fn instruction_choice_makes_the_other_one_ud() {
 
 #[test]
 fn cpl3_calls_show_the_hosts_behaviour() {
-    let host = polyvisor_vmm::host_check().unwrap();
+    let host = polyvisor_vmm::host_check();
     let probe = host.probe.clone().unwrap();
     let (r, p) = run_guest("vmmtest64", 1, "test=cpl3");
     let t = lines(&r);
@@ -255,7 +255,7 @@ fn trap_choices_the_host_lacks_are_refused_with_the_reason() {
     let (_, engine) = polyvisor_vmm::testing::test_engine();
     let mut cfg = config(1, "test=ud");
     cfg.config.host.trap = TrapStrategyChoice::XenIntercept;
-    let host = polyvisor_vmm::host_check().unwrap();
+    let host = polyvisor_vmm::host_check();
     let err = polyvisor_vmm::run(
         &cfg,
         polyvisor_vmm::RunOptions {

@@ -8,9 +8,9 @@ use polyvisor_vmm::TrapStrategy;
 #[test]
 fn host_check_reports_the_strategy_and_cpl3() {
     // Once to warm the page cache and the KVM module paths, then measured.
-    let _ = host_check().expect("/dev/kvm");
+    let _ = host_check();
     let started = Instant::now();
-    let report = host_check().expect("/dev/kvm");
+    let report = host_check();
     let took = started.elapsed();
     println!("{report}");
     assert_eq!(report.api_version, 12);
