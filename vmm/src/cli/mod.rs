@@ -2,6 +2,7 @@
 
 mod config_cmd;
 mod exit;
+mod run_cmd;
 mod tables;
 
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a VM and run it to its end; the exit status is the guest's (docs/cli.md).
+    Run(run_cmd::RunArgs),
+    /// What this host's KVM can do: trap strategy and its evidence, MSR exits, modes.
+    HostCheck(run_cmd::HostCheckArgs),
     /// Print the CPUID leaves a mode shows its guests, decoded.
     Cpuid(tables::CpuidArgs),
     /// Print a mode's hypercall table: number, name, rings, and whether it is enabled.
@@ -68,10 +73,12 @@ impl ConfigArgs {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    let status = match cli.command {
-        Command::Cpuid(args) => tables::cpuid(&args),
-        Command::Hypercalls(args) => tables::hypercalls(&args),
-        Command::Config(cmd) => config_cmd::run(&cmd),
+    let code = match cli.command {
+        Command::Run(args) => run_cmd::run_vm(&args),
+        Command::HostCheck(args) => run_cmd::host_check_cmd(&args).code(),
+        Command::Cpuid(args) => tables::cpuid(&args).code(),
+        Command::Hypercalls(args) => tables::hypercalls(&args).code(),
+        Command::Config(cmd) => config_cmd::run(&cmd).code(),
     };
-    status.into()
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }

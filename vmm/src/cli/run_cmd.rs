@@ -1,0 +1,126 @@
+//! `polyvisor run` and `polyvisor host-check`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use polyvisor_vmm::{host_check, run, RunOptions, VmmError};
+
+use super::exit::{fail, Status};
+use super::ConfigArgs;
+
+/// Arguments of `polyvisor run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Configuration file (TOML); without it the built-in defaults boot the built-in guest.
+    #[arg(value_name = "CONFIG")]
+    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Kernel image (ELF), overriding `[vm] kernel`.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Kernel command line, overriding `[vm] cmdline`.
+    #[arg(long, value_name = "TEXT")]
+    cmdline: Option<String>,
+    /// Number of vCPUs, overriding `[vm] vcpus`.
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Stop the VM after this many seconds, overriding `[vm] timeout_secs`.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Print only the guest's console and errors: no summary at the end.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub(crate) fn run_vm(args: &RunArgs) -> i32 {
+    let mut config_args = args.config.clone();
+    if let Some(file) = &args.config_file {
+        if config_args.config.is_some() {
+            return fail(Status::Usage, "give the configuration once: as CONFIG or as --config")
+                .code();
+        }
+        config_args.config = Some(file.clone());
+    }
+    let mut loaded = match config_args.load() {
+        Ok(l) => l,
+        Err(e) => return fail(Status::BadConfig, e).code(),
+    };
+    let vm = &mut loaded.config.vm;
+    if let Some(kernel) = &args.kernel {
+        // A kernel given on the command line is relative to the current folder.
+        vm.kernel = Some(std::path::absolute(kernel).unwrap_or_else(|_| kernel.clone()));
+    }
+    if let Some(cmdline) = &args.cmdline {
+        vm.cmdline = cmdline.clone();
+    }
+    if let Some(n) = args.vcpus {
+        if !(1..=64).contains(&n) {
+            return fail(Status::Usage, format!("--vcpus must be between 1 and 64, not {n}"))
+                .code();
+        }
+        vm.vcpus = n;
+    }
+    let options =
+        RunOptions { timeout: args.timeout.map(Duration::from_secs), ..RunOptions::default() };
+    match run(&loaded, options) {
+        Ok(report) => {
+            let _ = std::io::stdout().flush();
+            if !args.quiet || report.end.is_fault() {
+                eprintln!("polyvisor: {}", report.message);
+            }
+            if !args.quiet {
+                let calls: u64 = report.rows.iter().map(|r| r.counters.calls).sum();
+                let (disabled, unknown, malformed) = report.refusals;
+                eprintln!(
+                    "polyvisor: mode {}, trap {}, boot {:?}: {calls} hypercalls served, {} refused, in {:.3} s",
+                    loaded.config.hypervisor.mode,
+                    report.trap,
+                    report.boot,
+                    disabled + unknown + malformed
+                        + report.rows.iter().map(|r| r.counters.denied + r.counters.wrong_ring).sum::<u64>(),
+                    report.elapsed.as_secs_f64()
+                );
+            }
+            report.exit_status
+        }
+        Err(e) => {
+            let status = match &e {
+                VmmError::Personality { .. }
+                | VmmError::NoTrap { .. }
+                | VmmError::TrapUnavailable { .. } => Status::Unsupported,
+                VmmError::KernelRead { .. } | VmmError::Load { .. } | VmmError::Boot { .. } => {
+                    Status::BadKernel
+                }
+                _ => Status::HostFailure,
+            };
+            fail(status, e).code()
+        }
+    }
+}
+
+/// Arguments of `polyvisor host-check`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HostCheckArgs {
+    /// Print JSON instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn host_check_cmd(args: &HostCheckArgs) -> Status {
+    let report = host_check();
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(Status::HostFailure, e),
+        }
+    } else {
+        print!("{report}");
+    }
+    if report.kvm_error.is_some() {
+        Status::HostFailure
+    } else {
+        Status::Ok
+    }
+}
