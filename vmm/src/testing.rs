@@ -154,6 +154,8 @@ pub mod calls {
     pub const FLUSH_TLB: u64 = 17;
     /// Fires probe RBX named "test:::probe" with arguments RCX, RDX, RSI, RDI, R8.
     pub const PROBE: u64 = 18;
+    /// A handler bug: panics (the VMM must end the VM, not hang).
+    pub const PANIC: u64 = 19;
 }
 
 fn inc(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
@@ -266,7 +268,12 @@ fn probe(_: &TestPersonality, c: &mut Call<'_>) -> Reply {
     Reply::Value(0)
 }
 
-static TABLE: [HypercallRow<TestPersonality>; 19] = [
+#[allow(clippy::panic)]
+fn panics(_: &TestPersonality, _: &mut Call<'_>) -> Reply {
+    panic!("the test personality's PANIC call")
+}
+
+static TABLE: [HypercallRow<TestPersonality>; 20] = [
     row(calls::INC, "inc", Rings::KERNEL, inc),
     row(calls::ADD, "add", Rings::KERNEL, add),
     row(calls::PRINT, "print", Rings::KERNEL, print),
@@ -286,6 +293,7 @@ static TABLE: [HypercallRow<TestPersonality>; 19] = [
     row(calls::HALT_FOR, "halt_for", Rings::KERNEL, halt_for),
     row(calls::FLUSH_TLB, "flush_tlb", Rings::KERNEL, flush_tlb),
     row(calls::PROBE, "probe", Rings::KERNEL, probe),
+    row(calls::PANIC, "panic", Rings::KERNEL, panics),
 ];
 
 const fn row(

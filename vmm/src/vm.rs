@@ -461,6 +461,8 @@ impl VmShared {
             *k = Some(rawkvm::current_thread());
         }
         v.set_state(VcpuState::Running);
+        // Whatever ends this thread (even a panic in a handler) ends the VM: never a hang.
+        let _guard = EndOnDrop { vm: self, index };
         let end = self.vcpu_loop(v, &mut backend);
         if let Some(end) = end {
             self.end_vm(end);
@@ -613,6 +615,20 @@ impl VmShared {
     pub fn tsc_now(&self) -> u64 {
         let host = read_tsc();
         host.wrapping_add_signed(self.tsc_offset.load(Ordering::Relaxed))
+    }
+}
+
+struct EndOnDrop<'a> {
+    vm: &'a VmShared,
+    index: u32,
+}
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.vm.stopping() {
+            let how = if std::thread::panicking() { "panicked" } else { "stopped" };
+            self.vm.end_vm(VmEnd::VmmFailure(format!("the thread of vCPU {} {how}", self.index)));
+        }
     }
 }
 

@@ -126,3 +126,14 @@ fn hypercall_and_port_io_round_trips() {
         );
     }
 }
+
+#[test]
+fn a_panicking_handler_ends_the_vm_instead_of_hanging() {
+    // mov eax, 19 (PANIC); vmcall; out 0xf4, eax
+    let code = [0xb8, 19, 0, 0, 0, 0x0f, 0x01, 0xc1, 0xe7, 0xf4];
+    let image = elf(ElfClass::Elf64, EM_X86_64, 0x10_0000, &[(0x10_0000, 0x1000, &code, 5)], None);
+    let (r, _) = run_image(&image, &config(1, ""));
+    assert!(matches!(r.end, VmEnd::VmmFailure(_)), "{}", show(&r));
+    assert!(r.message.contains("panicked"), "{}", r.message);
+    assert_eq!(r.exit_status, 255);
+}
