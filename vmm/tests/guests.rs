@@ -287,3 +287,12 @@ fn trap_choices_the_host_lacks_are_refused_with_the_reason() {
     assert_eq!(r.trap, TrapStrategy::None);
     assert!(lines(&r).contains("VMCALL inc(1) = fffffffffffffffe fault=6"), "{}", show(&r));
 }
+
+#[test]
+fn smp_hypercalls_while_the_layout_changes() {
+    for name in ["vmmtest64", "vmmtest_pvh32"] {
+        let r = passes(name, "smp", 4);
+        println!("{}{:?}", lines(&r), r.stats);
+        assert!(r.stats.hypercalls >= 6000, "{name}: {:?}", r.stats);
+    }
+}

@@ -226,9 +226,28 @@ static void on_irq(struct trap_frame *f)
     ap_vector = (u32)f->vector;
 }
 
+static volatile u32 smp_done, smp_errors;
+
+static void smp_ap(unsigned vcpu)
+{
+    u32 errors = 0;
+    for (ureg i = 0; i < 2000; i++) {
+        int f;
+        ureg v = call(i & 1, T_ADD, i, vcpu, &f);
+        if (f || v != i + vcpu)
+            errors++;
+    }
+    __atomic_add_fetch(&smp_errors, errors, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&smp_done, 1, __ATOMIC_SEQ_CST);
+    for (;;)
+        sti_hlt();
+}
+
 void guest_ap_main(unsigned vcpu)
 {
     char test[32];
+    if (cmdline_get("test", test, sizeof(test)) >= 0 && strcmp(test, "smp") == 0)
+        smp_ap(vcpu);
     if (vcpu != 1 || cmdline_get("test", test, sizeof(test)) < 0 || strcmp(test, "irq") != 0)
         ap_mailbox_loop();
     /* Halt with interrupts on until the VMM delivers something. */
@@ -397,6 +416,34 @@ static int t_platform(void)
     return failures;
 }
 
+/* --------------------------------------------------------------------- smp */
+/* Every AP makes hypercalls while vCPU 0 keeps moving an overlay (each move changes the
+ * memslots with every other vCPU held outside the guest). */
+static int t_smp(void)
+{
+    unsigned aps = vcpus_online() - 1;
+    aps = wait_for_aps(3, 100000000ull);
+    u32 moves = 0, bad = 0;
+    while (__atomic_load_n(&smp_done, __ATOMIC_SEQ_CST) < aps) {
+        ureg at = 0x800000 + (moves % 4) * 0x1000;
+        int f;
+        call(0, T_OVERLAY, at, 0, &f);
+        struct hc_regs r;
+        memset(&r, 0, sizeof(r));
+        r.R_AX = T_INC;
+        r.R_BX = moves;
+        f = hypercall_via((const void *)at, &r);
+        if (f || r.R_AX != moves + 1)
+            bad++;
+        moves++;
+    }
+    int f;
+    call(0, T_OVERLAY, 0, 0, &f);
+    SAY("smp: %u APs done, %u AP errors, %u overlay moves, %u bad\n", aps, smp_errors, moves, bad);
+    CHECK(aps == 3 && smp_errors == 0 && bad == 0 && moves > 0);
+    return failures;
+}
+
 /* --------------------------------------------------------------------- tsc */
 static int t_tsc(void)
 {
@@ -482,6 +529,8 @@ int guest_main(const struct hvm_start_info *si)
         rc = t_code();
     else if (!strcmp(test, "overlay"))
         rc = t_overlay();
+    else if (!strcmp(test, "smp"))
+        rc = t_smp();
     else if (!strcmp(test, "platform"))
         rc = t_platform();
     else if (!strcmp(test, "tsc"))
