@@ -182,6 +182,7 @@ fn guest_tsc_matches_the_platform() {
         .collect();
     let n = nums.len();
     let (a, host, b) = (nums[n - 3], nums[n - 2], nums[n - 1]);
+    println!("{line} (host RDTSC now {})", polyvisor_vmm::vm::read_tsc());
     assert!(a <= host && host <= b, "{line}");
 }
 
