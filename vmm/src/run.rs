@@ -177,6 +177,58 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
+impl std::fmt::Display for RunReport {
+    /// The end, the exit status and the counters, for the end of a run.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.message.trim_end())?;
+        writeln!(
+            f,
+            "exit status {} after {:.3} s ({} boot, trap {}, {} protected pages)",
+            self.exit_status,
+            self.elapsed.as_secs_f64(),
+            match self.boot {
+                BootKind::Elf64 => "ELF64 direct",
+                BootKind::Pvh => "PVH",
+            },
+            self.trap,
+            self.protected_pages
+        )?;
+        let s = &self.stats;
+        writeln!(
+            f,
+            "exits {}: port I/O {}, hypercalls {}, MSRs {}, halts {}, interrupts {}, \
+             writes to protected pages {}, lazily protected pages {}",
+            s.exits,
+            s.io,
+            s.hypercalls,
+            s.msrs,
+            s.halts,
+            s.interrupts,
+            s.protected_writes,
+            s.lazy_protects
+        )?;
+        let (disabled, unknown, malformed) = self.refusals;
+        if disabled + unknown + malformed > 0 {
+            writeln!(
+                f,
+                "refused: {disabled} while disabled, {unknown} unknown, {malformed} malformed"
+            )?;
+        }
+        for row in self.rows.iter().filter(|r| {
+            let c = &r.counters;
+            c.calls + c.denied + c.wrong_ring > 0
+        }) {
+            let c = &row.counters;
+            writeln!(
+                f,
+                "  {:>6} {:<28} calls {} errors {} denied {} wrong ring {}",
+                row.number, row.name, c.calls, c.errors, c.denied, c.wrong_ring
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl RunReport {
     /// The console output as text (lossy).
     pub fn console_text(&self) -> String {

@@ -27,6 +27,10 @@ fn raw_hypercalls_at_cpl0_separate_segments() {
     assert!(t.contains("VMMCALL inc(41) = 42 fault=0"), "{t}");
     assert_eq!(r.trap, TrapStrategy::WriteProtect);
     assert!(r.stats.hypercalls >= 7, "{:?}", r.stats);
+    let summary = r.to_string();
+    println!("{summary}");
+    assert!(summary.contains("exit status 0"), "{summary}");
+    assert!(summary.contains(" inc "), "{summary}");
 }
 
 #[test]
