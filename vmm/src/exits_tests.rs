@@ -142,6 +142,8 @@ struct FakeVm {
     ports: Ports,
     trap: TrapConfig,
     stats: Stats,
+    /// What the kernel image had: (GPA, bytes).
+    original: Option<(u64, [u8; 3])>,
 }
 
 impl FakeVm {
@@ -156,6 +158,7 @@ impl FakeVm {
             ports: Ports::default(),
             trap: TrapConfig { strategy, instruction, native: HypercallInstruction::Vmcall },
             stats: Stats::default(),
+            original: None,
         }
     }
     fn code(&self, gpa: u64, bytes: &[u8]) {
@@ -191,8 +194,8 @@ impl VmServices for FakeVm {
     fn protect_page_now(&self, _vcpu: u32, _gpa: u64) -> Result<bool, String> {
         Ok(true)
     }
-    fn original_bytes(&self, _gpa: u64) -> Option<[u8; 3]> {
-        None
+    fn original_bytes(&self, gpa: u64) -> Option<[u8; 3]> {
+        self.original.filter(|(g, _)| *g == gpa).map(|(_, b)| b)
     }
 }
 
@@ -355,6 +358,21 @@ fn xen_intercept_completion_then_outcome() {
     handle_exit(again, 0, &mut v, &vm).unwrap();
     assert_eq!(v.regs.rip, 0x10_0000);
     assert_eq!(v.regs.rax, crate::testing::calls::RETRY, "RAX restored");
+}
+
+#[test]
+fn xen_intercept_reports_the_instruction_the_image_had() {
+    let mut vm = FakeVm::new(TrapStrategy::XenIntercept, InstructionChoice::Auto);
+    // KVM rewrote the guest's VMMCALL to the native VMCALL before intercepting it.
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    vm.original = Some((0x10_0000, HypercallInstruction::Vmmcall.bytes()));
+    let mut v = FakeVcpu::new();
+    v.regs.rax = crate::testing::calls::INC;
+    v.exits.push_back(Exit::XenHcall { longmode: false, cpl: 0, input: 0, params: [0; 6] });
+    let first = v.run().unwrap();
+    handle_exit(first, 0, &mut v, &vm).unwrap();
+    assert_eq!(v.regs.rax, 1);
+    assert_eq!(vm.personality.last_instruction.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]

@@ -43,9 +43,16 @@ pub fn on_hcall(
     regs.rip = before.rip;
     regs.rax = before.rax;
     let mut bytes = [0u8; 3];
-    let insn = rip_gpa(vm, &regs, &sregs)
-        .filter(|gpa| vm.mem().read_visible(*gpa, &mut bytes))
-        .and_then(|_| HypercallInstruction::from_bytes(bytes))
-        .unwrap_or(vm.trap().native);
+    let gpa = rip_gpa(vm, &regs, &sregs).filter(|gpa| vm.mem().read_visible(*gpa, &mut bytes));
+    let now = HypercallInstruction::from_bytes(bytes);
+    // With the quirk on, KVM rewrites the other vendor's instruction to the native one
+    // before intercepting it; the kernel image still says what the guest wrote.
+    let original =
+        gpa.and_then(|g| vm.original_bytes(g)).and_then(HypercallInstruction::from_bytes);
+    let insn = match (now, original) {
+        (Some(n), Some(o)) if n == vm.trap().native && o != n => o,
+        (Some(n), _) => n,
+        (None, _) => vm.trap().native,
+    };
     serve(vm, backend, vcpu, regs, &sregs, insn)
 }
