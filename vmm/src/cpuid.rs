@@ -24,7 +24,7 @@ pub fn remove_host_hypervisor_leaves(entries: &mut Vec<kvm_cpuid_entry2>) {
     entries.retain(|e| !HYPERVISOR_RANGE.contains(&e.function));
 }
 
-/// CPUID.01H:EBX[31:24] is the initial APIC id (SDM Vol. 2A, CPUID, Table 3-8);
+/// CPUID.01H:EBX bits 31:24 are the initial APIC id (SDM Vol. 2A, CPUID, Table 3-8);
 /// CPUID.0BH/1FH:EDX is the x2APIC id of the current logical processor (SDM Vol. 2A).
 pub fn set_apic_id(entries: &mut [kvm_cpuid_entry2], apic_id: u32) {
     for e in entries.iter_mut() {

@@ -4,7 +4,7 @@
 //! and PVH), hypercall trap strategies chosen by a probe VM, minimal devices, the [`Platform`]
 //! handlers use, and the library API the `polyvisor` command calls:
 //!
-//! - [`run`]: boot a configured VM and run it to its end ([`RunOptions`], [`RunReport`]);
+//! - [`run()`]: boot a configured VM and run it to its end ([`RunOptions`], [`RunReport`]);
 //! - [`host_check`]: what this host's KVM offers ([`HostReport`], printable);
 //! - [`parse_kernel`]: the pure, bounds-checked ELF reader (a fuzz target).
 //!
