@@ -248,12 +248,20 @@ void guest_ap_main(unsigned vcpu)
     char test[32];
     if (cmdline_get("test", test, sizeof(test)) >= 0 && strcmp(test, "smp") == 0)
         smp_ap(vcpu);
-    if (vcpu != 1 || cmdline_get("test", test, sizeof(test)) < 0 || strcmp(test, "irq") != 0)
+    bool spin = vcpu == 1 && cmdline_get("test", test, sizeof(test)) >= 0 && !strcmp(test, "irqspin");
+    if (!spin && (vcpu != 1 || cmdline_get("test", test, sizeof(test)) < 0 || strcmp(test, "irq") != 0))
         ap_mailbox_loop();
-    /* Halt with interrupts on until the VMM delivers something. */
     __atomic_store_n(&ap_halting, 1, __ATOMIC_SEQ_CST);
-    while (!ap_vector)
-        sti_hlt();
+    if (spin) {
+        /* Running, not halted: the VMM must kick it and inject at the next window. */
+        sti();
+        while (!ap_vector)
+            pause();
+    } else {
+        /* Halt with interrupts on until the VMM delivers something. */
+        while (!ap_vector)
+            sti_hlt();
+    }
     cli();
     SAY("vCPU 1 woke with vector 0x%x (count %u)\n", ap_vector, irq_count(1, ap_vector));
     __atomic_store_n(&ap_woke, 1, __ATOMIC_SEQ_CST);
@@ -521,7 +529,7 @@ int guest_main(const struct hvm_start_info *si)
         rc = t_ud();
     else if (!strcmp(test, "cpl3"))
         rc = t_cpl3();
-    else if (!strcmp(test, "irq"))
+    else if (!strcmp(test, "irq") || !strcmp(test, "irqspin"))
         rc = t_irq();
     else if (!strcmp(test, "halt"))
         rc = t_halt();
