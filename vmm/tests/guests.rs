@@ -126,6 +126,8 @@ fn interrupt_wakes_a_halted_vcpu() {
 
 #[test]
 fn interrupt_reaches_a_running_vcpu() {
+    let r = passes("vmmtest_pvh32", "irq", 2);
+    assert!(lines(&r).contains("vCPU 1 woke with vector 0x40"), "{}", show(&r));
     let r = passes("vmmtest64", "irqspin", 2);
     assert!(lines(&r).contains("vCPU 1 woke with vector 0x40"), "{}", show(&r));
     assert!(r.stats.interrupts >= 1, "{:?}", r.stats);
