@@ -26,7 +26,13 @@ fn default_guest_under_each_personality() {
         match r {
             Ok(r) => {
                 println!("== {mode}: {}\n{}", r.message, r.console_text());
-                assert_eq!(r.end, VmEnd::ExitPort(0), "{mode}: {}\n{}", r.message, r.console_text());
+                assert_eq!(
+                    r.end,
+                    VmEnd::ExitPort(0),
+                    "{mode}: {}\n{}",
+                    r.message,
+                    r.console_text()
+                );
             }
             Err(VmmError::Personality { source, .. }) => println!("== {mode}: not built: {source}"),
             Err(e) => panic!("{mode}: {e}"),
