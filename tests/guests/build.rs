@@ -75,6 +75,20 @@ const GUESTS: &[Guest] = &[
     Guest { name: "vmmtest64", flavour: Flavour::Elf64, sources: &["guests/vmmtest.c"] },
     Guest { name: "vmmtest_rwx64", flavour: Flavour::Elf64Rwx, sources: &["guests/vmmtest.c"] },
     Guest { name: "vmmtest_pvh32", flavour: Flavour::Pvh32, sources: &["guests/vmmtest.c"] },
+    Guest { name: "bhyve64", flavour: Flavour::Elf64, sources: &["guests/bhyve.c"] },
+    Guest { name: "bhyve_pvh32", flavour: Flavour::Pvh32, sources: &["guests/bhyve.c"] },
+    Guest { name: "kvm_abi64", flavour: Flavour::Elf64, sources: &["guests/kvm_abi.c"] },
+    Guest { name: "kvm_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/kvm_abi.c"] },
+    Guest { name: "kvm_clock64", flavour: Flavour::Elf64, sources: &["guests/kvm_clock.c"] },
+    Guest { name: "kvm_smp64", flavour: Flavour::Elf64, sources: &["guests/kvm_smp.c"] },
+    Guest { name: "hyperv_features64", flavour: Flavour::Elf64, sources: &["guests/hyperv_features.c"] },
+    Guest { name: "hyperv_features_pvh32", flavour: Flavour::Pvh32, sources: &["guests/hyperv_features.c"] },
+    Guest { name: "xen_boot_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_boot.c"] },
+    Guest { name: "xen_boot_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_boot.c"] },
+    Guest { name: "xen_boot64", flavour: Flavour::Elf64, sources: &["guests/xen_boot.c"] },
+    Guest { name: "xen_abi_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_abi.c"] },
+    Guest { name: "xen_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_abi.c"] },
+    Guest { name: "xen_abi64", flavour: Flavour::Elf64, sources: &["guests/xen_abi.c"] },
 ];
 
 /// Runtime C files linked into every guest.
