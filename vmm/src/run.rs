@@ -165,6 +165,9 @@ pub struct RunReport {
     pub rows: Vec<RowInfo>,
     /// Refusals without a row: (disabled, unknown, malformed).
     pub refusals: (u64, u64, u64),
+    /// The personality's end-of-run report (`Dispatch::report()`, e.g. bhyve's probe
+    /// counts); empty when it has nothing to say.
+    pub report: Vec<String>,
     /// Exit counters summed over vCPUs.
     pub stats: StatsSnapshot,
     /// The trap strategy used.
@@ -224,6 +227,9 @@ impl std::fmt::Display for RunReport {
                 "  {:>6} {:<28} calls {} errors {} denied {} wrong ring {}",
                 row.number, row.name, c.calls, c.errors, c.denied, c.wrong_ring
             )?;
+        }
+        for line in &self.report {
+            writeln!(f, "{line}")?;
         }
         Ok(())
     }
@@ -398,6 +404,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         console,
         rows: dispatch.rows(),
         refusals: dispatch.refusals().snapshot(),
+        report: dispatch.report(),
         stats,
         trap: strategy,
         boot: boot_kind,

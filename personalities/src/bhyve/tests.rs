@@ -201,6 +201,57 @@ fn dtrace_calls_from_ring_3_get_error_without_a_fault_or_an_effect() {
     assert!(e.personality().probe_counts().is_empty(), "ring 3 created nothing");
 }
 
+/// The ring rules for every caller the guests can be: 64-bit and 32-bit protected mode (and
+/// real mode, which has no rings), either instruction, every CPL, every row. PROTOTYPE answers
+/// SUCCESS from rings 0 and 3, the DTrace rows answer ERROR outside ring 0 (no fault, RIP
+/// advanced, RDI untouched, nothing created or recorded), the reserved rows answer ERROR
+/// outside ring 0 and #UD in it.
+#[test]
+fn ring_rules_hold_in_every_mode_with_either_instruction() {
+    let mem = memory(MEM);
+    put_name(&mem, NAME_AT, b"ring");
+    put_args(&mem, ARGS_AT, [1, 2, 3, 4, 5]);
+    for mode in [CpuMode::Long64, CpuMode::Protected32, CpuMode::Real] {
+        let e = enabled();
+        for cpl in 0..4u8 {
+            let ring = if mode == CpuMode::Real { 0 } else { cpl };
+            for number in HYPERCALL_PROTOTYPE..HYPERCALL_INDEX_MAX {
+                let (a0, a1) = match number {
+                    HYPERCALL_DTRACE_PROBE_CREATE => (NAME_AT, 4),
+                    HYPERCALL_DTRACE_PROBE => (1, ARGS_AT),
+                    _ => (0, 0),
+                };
+                for mut v in both_instructions(at(vcpu(number, a0, a1, 7), cpl)) {
+                    v.mode = mode;
+                    let (o, effects) = run(&e, &v, &mem);
+                    let what = format!("{mode} CPL {cpl} {} number {number}", v.instruction);
+                    let allowed = ring == 0 || (ring == 3 && number == HYPERCALL_PROTOTYPE);
+                    if !allowed {
+                        assert_eq!(o, err(), "{what}");
+                        assert_eq!(o.next, Next::Advance, "{what}");
+                        assert!(effects.is_empty(), "{what}");
+                    } else if number >= HYPERCALL_DTRACE_RESERVED1 {
+                        assert_eq!(o, ud(), "{what}");
+                    } else if number == HYPERCALL_DTRACE_PROBE_CREATE {
+                        assert_eq!(o, created(1), "{what}");
+                    } else {
+                        assert_eq!(o, ok(), "{what}");
+                    }
+                }
+            }
+        }
+        // Ring 0 (real mode: every CPL) created the one probe and fired it; ring 3 nothing.
+        let fired = if mode == CpuMode::Real { 8 } else { 2 };
+        assert_eq!(e.personality().probe_counts(), vec![(1, "ring".to_string(), fired)], "{mode}");
+        let rows = e.rows();
+        let wrong = if mode == CpuMode::Real { 0 } else { 6 };
+        assert_eq!(rows[0].counters.wrong_ring, if mode == CpuMode::Real { 0 } else { 4 });
+        for row in &rows[1..] {
+            assert_eq!(row.counters.wrong_ring, wrong, "{mode} {}", row.name);
+        }
+    }
+}
+
 #[test]
 fn reserved_rows_are_ud_from_ring_0_and_error_from_ring_3() {
     let e = enabled();

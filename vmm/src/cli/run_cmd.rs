@@ -82,6 +82,9 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
                         + report.rows.iter().map(|r| r.counters.denied + r.counters.wrong_ring).sum::<u64>(),
                     report.elapsed.as_secs_f64()
                 );
+                for line in &report.report {
+                    eprintln!("polyvisor: {line}");
+                }
             }
             report.exit_status
         }
