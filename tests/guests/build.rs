@@ -81,6 +81,8 @@ const GUESTS: &[Guest] = &[
     Guest { name: "kvm_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/kvm_abi.c"] },
     Guest { name: "kvm_clock64", flavour: Flavour::Elf64, sources: &["guests/kvm_clock.c"] },
     Guest { name: "kvm_smp64", flavour: Flavour::Elf64, sources: &["guests/kvm_smp.c"] },
+    Guest { name: "kvm_clock_pvh32", flavour: Flavour::Pvh32, sources: &["guests/kvm_clock.c"] },
+    Guest { name: "kvm_smp_pvh32", flavour: Flavour::Pvh32, sources: &["guests/kvm_smp.c"] },
     Guest {
         name: "hyperv_features64",
         flavour: Flavour::Elf64,

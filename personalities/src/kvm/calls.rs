@@ -173,8 +173,13 @@ fn clock_pairing(kvm: &KvmPersonality, call: &mut Call<'_>) -> Reply {
             dst.copy_from_slice(&bytes);
         }
     }
-    // flags (offset 24) and pad stay 0.
-    match call.memory.write_slice(&s, GuestAddress(call.arg(0))) {
+    // flags (offset 24) and pad stay 0. All 64 bytes must be RAM before anything is written:
+    // `write_slice` would write the part that fits and then fail.
+    let at = GuestAddress(call.arg(0));
+    if !GuestMemoryBackend::check_range(call.memory, at, KVM_CLOCK_PAIRING_SIZE) {
+        return error(abi::KVM_EFAULT);
+    }
+    match call.memory.write_slice(&s, at) {
         Ok(()) => Reply::Value(0),
         Err(_) => error(abi::KVM_EFAULT),
     }

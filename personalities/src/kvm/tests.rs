@@ -715,6 +715,14 @@ fn clock_pairing_errors() {
             "gpa {gpa:#x}"
         );
     }
+    // A refused structure leaves RAM as it was, also the part inside RAM.
+    vm.mem.write_slice(&[0xa5; 63], GuestAddress(size - 63)).unwrap();
+    for gpa in [size - 63, size - 32, size - 1] {
+        assert_eq!(hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [gpa, 0, 0, 0]), err(KVM_EFAULT));
+        let mut tail = [0u8; 63];
+        vm.mem.read_slice(&mut tail, GuestAddress(size - 63)).unwrap();
+        assert_eq!(tail, [0xa5; 63], "gpa {gpa:#x} wrote into RAM");
+    }
     // The last 64 bytes of RAM are fine.
     assert_eq!(hc(&e, &vm, KVM_HC_CLOCK_PAIRING, [size - 64, 0, 0, 0]), 0);
     // 32-bit: the address is truncated, the error too.

@@ -360,6 +360,62 @@ static inline u64 rdtsc_ordered(void)
     return rdtsc();
 }
 
+/* ------------------------------------------------------------------ time */
+
+/* The TSC frequency in kHz for timeouts and rate checks: cmdline tsc_khz=N (the host passes
+ * KVM_GET_TSC_KHZ), else CPUID 0x15 (crystal * ratio), else CPUID 0x16 (base MHz), else 0. */
+static inline u64 tsc_khz_known(const char **source)
+{
+    u64 khz = cmdline_get_u64("tsc_khz", 0);
+    u32 r[4];
+    const char *src = "cmdline tsc_khz";
+    if (!khz) {
+        cpuid(0, 0, r);
+        u32 max = r[0];
+        if (max >= 0x15) {
+            cpuid(0x15, 0, r);
+            if (r[0] && r[1] && r[2]) {
+                u64 rem;
+                khz = udiv64((u64)r[2] * r[1], (u64)r[0] * 1000, &rem);
+                src = "CPUID 0x15";
+            }
+        }
+        if (!khz && max >= 0x16) {
+            cpuid(0x16, 0, r);
+            khz = (u64)(r[0] & 0xffff) * 1000;
+            src = "CPUID 0x16";
+        }
+    }
+    if (source)
+        *source = khz ? src : "unknown";
+    return khz;
+}
+
+/* TSC ticks for `ms` milliseconds, for timeouts only: with an unknown frequency 3 GHz is
+ * assumed (a slower TSC makes the wait longer, never shorter than asked on faster ones up to
+ * 3 GHz). RDTSC may exit to the host here (~20 us), so loops bounded by time, not by a spin
+ * count, stay short whatever an iteration costs. */
+static inline u64 tsc_ticks_ms(u64 ms)
+{
+    static u64 khz;
+    if (!khz) {
+        khz = tsc_khz_known(NULL);
+        if (!khz)
+            khz = 3000000;
+    }
+    return ms * khz;
+}
+
+static inline u64 deadline_ms(u64 ms)
+{
+    return rdtsc() + tsc_ticks_ms(ms);
+}
+
+static inline bool past(u64 deadline)
+{
+    return rdtsc() >= deadline;
+}
+
 /* Reads kvmclock from a time-info page with the version protocol (msr.rst): retries while
  * the version is odd or changed. Optionally returns the TSC used and the flags. */
 static inline u64 pvclock_read(const volatile struct pvclock_vcpu_time_info *p, u64 *tsc_out,
