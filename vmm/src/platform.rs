@@ -118,6 +118,10 @@ impl Platform for VmShared {
         }
     }
 
+    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
+        Some(crate::boot::e820_map(self.mem.ram_size()))
+    }
+
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
         if self.trap.strategy != crate::trap::TrapStrategy::WriteProtect {
             // The other strategies trap hypercalls wherever they are.

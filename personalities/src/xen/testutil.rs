@@ -24,6 +24,8 @@ pub struct TestPlatform {
     pub translate: Option<Translate>,
     /// `halt_until` calls; `None` makes `halt_until` unsupported.
     pub halts: Option<Mutex<Vec<(u32, u64)>>>,
+    /// What `memory_map` answers.
+    pub e820: Option<Vec<(u64, u64, u32)>>,
 }
 
 impl TestPlatform {
@@ -32,6 +34,7 @@ impl TestPlatform {
             inner: RecordingPlatform::new(vcpus),
             translate: None,
             halts: Some(Mutex::new(Vec::new())),
+            e820: None,
         }
     }
     pub fn take(&self) -> Vec<Effect> {
@@ -90,6 +93,9 @@ impl Platform for TestPlatform {
             Some(f) => f(gva, write),
             None => Err(PlatformError::Unsupported("translate_gva")),
         }
+    }
+    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
+        self.e820.clone()
     }
     fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
         match &self.halts {
