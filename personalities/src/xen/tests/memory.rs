@@ -95,6 +95,18 @@ fn shared_info_is_zeroed_and_filled() {
 }
 
 #[test]
+fn time_pairs_the_clock_with_the_closest_tsc_reads() {
+    let vm = Vm::new();
+    vm.platform.set_now(7_000);
+    // Three tries of (TSC, clock, TSC): gaps 9900, 10, 1000; the second wins, with the TSC
+    // halfway between its reads.
+    vm.platform.tsc_script.lock().unwrap().extend([100, 10_000, 20_000, 20_010, 30_000, 31_000]);
+    assert_eq!(map64(&vm, SELF, 0, 0, 0x100), 0);
+    assert_eq!(vm.u64_at(0x10_0000 + 32 + 8), 20_005);
+    assert_eq!(vm.u64_at(0x10_0000 + 32 + 16), 7_000);
+}
+
+#[test]
 fn shared_info_moves_with_its_contents() {
     let vm = Vm::new();
     assert_eq!(map64(&vm, 1, 0, 0, 0x100), 0);
