@@ -127,4 +127,13 @@ pub trait Platform: Sync {
         let _ = (vcpu, deadline_ns);
         Err(PlatformError::Unsupported("halt_until"))
     }
+
+    /// The memory map the VMM gave the guest at boot (the E820 map it passes in PVH's
+    /// `hvm_start_info`), as `(address, length, E820 type)` in address order: type 1 RAM,
+    /// 2 reserved. ABIs that let the guest ask for its memory map (Xen's `XENMEM_memory_map`)
+    /// answer with it, so both sources agree. The default says the VMM gave none; callers
+    /// then derive a map from guest memory.
+    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
+        None
+    }
 }

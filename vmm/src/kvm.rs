@@ -7,7 +7,9 @@ use std::sync::Once;
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_run, kvm_translation, kvm_xen_hvm_config, KVMIO};
+use kvm_bindings::{
+    kvm_fpu, kvm_interrupt, kvm_run, kvm_sregs, kvm_translation, kvm_xen_hvm_config, KVMIO,
+};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::errno;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
@@ -20,8 +22,9 @@ mod nr {
     ioctl_iow_nr!(KVM_XEN_HVM_CONFIG, KVMIO, 0x7a, kvm_xen_hvm_config);
     ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
     ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 }
-use nr::{KVM_GET_FPU, KVM_INTERRUPT, KVM_TRANSLATE, KVM_XEN_HVM_CONFIG};
+use nr::{KVM_GET_FPU, KVM_GET_SREGS, KVM_INTERRUPT, KVM_TRANSLATE, KVM_XEN_HVM_CONFIG};
 
 /// A vCPU fd known only by number (the vCPU thread's own, for Platform calls that a handler
 /// makes on the vCPU that trapped).
@@ -42,6 +45,19 @@ pub fn get_fpu(vcpu: RawVcpu) -> Result<kvm_fpu, errno::Error> {
     let ret = unsafe { ioctl_with_mut_ref(&vcpu, KVM_GET_FPU(), &mut fpu) };
     if ret == 0 {
         Ok(fpu)
+    } else {
+        Err(errno::Error::last())
+    }
+}
+
+/// `KVM_GET_SREGS` on a vCPU fd (the control registers a page walk needs).
+pub fn get_sregs(vcpu: RawVcpu) -> Result<kvm_sregs, errno::Error> {
+    let mut sregs = kvm_sregs::default();
+    // SAFETY: `vcpu` is a vCPU fd kept open by the thread that set it; KVM writes exactly one
+    // `kvm_sregs` to the pointer, valid for the call. The return value is checked.
+    let ret = unsafe { ioctl_with_mut_ref(&vcpu, KVM_GET_SREGS(), &mut sregs) };
+    if ret == 0 {
+        Ok(sregs)
     } else {
         Err(errno::Error::last())
     }

@@ -27,6 +27,34 @@ const PRESENT: u64 = 1;
 const PS: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
+const CR0_WP: u64 = 1 << 16;
+const RW: u64 = 1 << 1;
+
+/// Whether a supervisor write to `linear` is allowed by the guest's page tables: every
+/// paging-structure entry on the way has R/W set, or CR0.WP is clear (supervisor writes then
+/// ignore R/W). `None` when `linear` is not mapped. `KVM_TRANSLATE` cannot answer this: x86
+/// KVM reports every valid translation as writeable.
+pub fn supervisor_writable(
+    regs: &PagingRegs,
+    linear: u64,
+    read8: &dyn Fn(u64) -> Option<u64>,
+) -> Option<bool> {
+    // PAE PDPTEs have no R/W bit (it is reserved): they never make a page read-only.
+    let pae_legacy = regs.cr0 & CR0_PG != 0 && regs.efer & EFER_LMA == 0 && regs.cr4 & CR4_PAE != 0;
+    let pdpt = regs.cr3 & 0xffff_ffe0;
+    let read_only = std::cell::Cell::new(false);
+    let watch = |gpa: u64| {
+        let e = read8(gpa)?;
+        let pdpte = pae_legacy && (pdpt..pdpt + 32).contains(&gpa);
+        if e & PRESENT != 0 && e & RW == 0 && !pdpte {
+            read_only.set(true);
+        }
+        Some(e)
+    };
+    translate(regs, linear, &watch)?;
+    Some(regs.cr0 & CR0_PG == 0 || regs.cr0 & CR0_WP == 0 || !read_only.get())
+}
+
 /// Translates `linear` to a guest-physical address. `read8` reads a little-endian u64 at a
 /// GPA (`None` when outside memory); 32-bit entries use the low half.
 pub fn translate(
@@ -123,6 +151,57 @@ mod tests {
         assert_eq!(translate(&r, 0x20_1234, &m), Some(0x60_1234));
         assert_eq!(translate(&r, 0x40_3abc, &m), Some(0x9abc));
         assert_eq!(translate(&r, 0x80_0000, &m), None);
+    }
+
+    #[test]
+    fn supervisor_writes_follow_rw_at_every_level_and_cr0_wp() {
+        const WP: u64 = 1 << 16;
+        let r = PagingRegs {
+            cr0: CR0_PG | WP | 1,
+            cr3: 0x2000,
+            cr4: CR4_PAE,
+            efer: EFER_LMA | (1 << 8),
+        };
+        // PD[1] = 2 MiB page, writable; PD[2] -> PT: PT[3] read-only, PT[4] writable; PML4[1]
+        // read-only above a writable PDPT/PD/PT.
+        let m = mem(&[
+            (0x2000, 0x3003),
+            (0x2008, 0x6001),
+            (0x3000, 0x4003),
+            (0x4008, 0x60_0083),
+            (0x4010, 0x5003),
+            (0x5018, 0x9001),
+            (0x5020, 0xa003),
+            (0x6000, 0x7003),
+            (0x7000, 0x8003),
+            (0x8000, 0xb003),
+        ]);
+        assert_eq!(supervisor_writable(&r, 0x20_1234, &m), Some(true));
+        assert_eq!(supervisor_writable(&r, 0x40_3abc, &m), Some(false));
+        assert_eq!(supervisor_writable(&r, 0x40_4abc, &m), Some(true));
+        assert_eq!(supervisor_writable(&r, 0x80_0000_0000, &m), Some(false), "PML4E read-only");
+        assert_eq!(supervisor_writable(&r, 0x80_0000, &m), None, "not mapped");
+        // CR0.WP clear: supervisor writes ignore R/W.
+        let no_wp = PagingRegs { cr0: CR0_PG | 1, ..r };
+        assert_eq!(supervisor_writable(&no_wp, 0x40_3abc, &m), Some(true));
+        // Paging off: everything is writable.
+        assert_eq!(supervisor_writable(&PagingRegs::default(), 0x1234, &m), Some(true));
+    }
+
+    #[test]
+    fn supervisor_writes_32bit_and_pae() {
+        let r = PagingRegs { cr0: CR0_PG | (1 << 16) | 1, cr3: 0x2000, cr4: CR4_PSE, efer: 0 };
+        // PDE[1] 4 MiB writable, PDE[2] 4 MiB read-only, PDE[3] -> PT with PT[0] read-only.
+        let m =
+            mem(&[(0x2004, 0x40_0083), (0x2008, 0x80_0081), (0x200c, 0x3003), (0x3000, 0x9001)]);
+        assert_eq!(supervisor_writable(&r, 0x40_1234, &m), Some(true));
+        assert_eq!(supervisor_writable(&r, 0x80_1234, &m), Some(false));
+        assert_eq!(supervisor_writable(&r, 0xc0_0123, &m), Some(false));
+        // PAE: PDPTEs have no R/W bit; the PDE decides.
+        let pae = PagingRegs { cr0: CR0_PG | (1 << 16) | 1, cr3: 0x2000, cr4: CR4_PAE, efer: 0 };
+        let m = mem(&[(0x2000, 0x3001), (0x3000, 0x20_0083), (0x3008, 0x40_0081)]);
+        assert_eq!(supervisor_writable(&pae, 0x1234, &m), Some(true));
+        assert_eq!(supervisor_writable(&pae, 0x20_1234, &m), Some(false));
     }
 
     #[test]

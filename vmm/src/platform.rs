@@ -7,6 +7,27 @@ use polyvisor_core::{Platform, PlatformError, ProbeEvent};
 
 use crate::vm::{ProbeSink, VmShared};
 
+impl VmShared {
+    /// Whether the guest's page tables forbid a supervisor write to `gva` (x86
+    /// `KVM_TRANSLATE` always reports `writeable`, so the tables are walked here).
+    fn mapped_read_only(&self, fd: crate::kvm::RawVcpu, gva: u64) -> bool {
+        let Ok(sregs) = crate::kvm::get_sregs(fd) else {
+            return false;
+        };
+        let regs = crate::paging::PagingRegs {
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+        };
+        let read8 = |gpa: u64| {
+            let mut b = [0u8; 8];
+            self.mem.read_visible(gpa, &mut b).then(|| u64::from_le_bytes(b))
+        };
+        crate::paging::supervisor_writable(&regs, gva, &read8) == Some(false)
+    }
+}
+
 impl Platform for VmShared {
     fn console_write(&self, vcpu: u32, bytes: &[u8]) {
         self.console.write(vcpu, bytes);
@@ -104,7 +125,7 @@ impl Platform for VmShared {
         if t.valid == 0 {
             return Err(PlatformError::Failed(format!("{gva:#x} is not mapped")));
         }
-        if write && t.writeable == 0 {
+        if write && (t.writeable == 0 || self.mapped_read_only(fd, gva)) {
             return Err(PlatformError::Failed(format!("{gva:#x} is mapped read-only")));
         }
         Ok(t.physical_address)
@@ -116,6 +137,10 @@ impl Platform for VmShared {
         } else {
             Err(PlatformError::NoSuchVcpu(vcpu))
         }
+    }
+
+    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
+        Some(crate::boot::e820_map(self.mem.ram_size()))
     }
 
     fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {

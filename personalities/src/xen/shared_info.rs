@@ -74,6 +74,24 @@ pub struct Clock {
     pub stable_tsc: bool,
 }
 
+/// The guest TSC and the system time read together: of three tries (TSC, clock, TSC), the one
+/// whose two TSC reads are closest, with the TSC halfway between them. A thread preempted
+/// between two reads would otherwise pair a TSC with a later time, and every pvclock reading
+/// would be off by the delay.
+pub fn sample_tsc_and_time(platform: &dyn Platform) -> (u64, u64) {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for _ in 0..3 {
+        let before = platform.guest_tsc();
+        let ns = platform.monotonic_ns();
+        let after = platform.guest_tsc();
+        let gap = after.wrapping_sub(before);
+        if best.is_none_or(|(g, _, _)| gap < g) {
+            best = Some((gap, before.wrapping_add(gap / 2), ns));
+        }
+    }
+    best.map_or((0, 0), |(_, tsc, ns)| (tsc, ns))
+}
+
 /// Writes a fresh `vcpu_time_info` at `gpa` with the version protocol (odd while updating).
 pub fn write_time_info(memory: &GuestMemoryMmap, platform: &dyn Platform, clock: Clock, gpa: u64) {
     let at = |off: u64| GuestAddress(gpa.wrapping_add(off));
@@ -83,8 +101,9 @@ pub fn write_time_info(memory: &GuestMemoryMmap, platform: &dyn Platform, clock:
         clock.tsc_khz.and_then(|khz| time_scale(khz.saturating_mul(1000))).unwrap_or((0, 0));
     let mut t = [0u8; 32];
     le::put(&mut t, 0, &odd.to_le_bytes());
-    le::put(&mut t, 8, &platform.guest_tsc().to_le_bytes());
-    le::put(&mut t, 16, &platform.monotonic_ns().to_le_bytes());
+    let (tsc, ns) = sample_tsc_and_time(platform);
+    le::put(&mut t, 8, &tsc.to_le_bytes());
+    le::put(&mut t, 16, &ns.to_le_bytes());
     le::put(&mut t, 24, &mul.to_le_bytes());
     le::put(&mut t, 28, &shift.to_le_bytes());
     let flags = if clock.stable_tsc { XEN_PVCLOCK_TSC_STABLE_BIT } else { 0 };

@@ -24,6 +24,10 @@ pub struct TestPlatform {
     pub translate: Option<Translate>,
     /// `halt_until` calls; `None` makes `halt_until` unsupported.
     pub halts: Option<Mutex<Vec<(u32, u64)>>>,
+    /// What `memory_map` answers.
+    pub e820: Option<Vec<(u64, u64, u32)>>,
+    /// TSC values `guest_tsc` answers first, in order (then the recording platform's).
+    pub tsc_script: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl TestPlatform {
@@ -32,6 +36,8 @@ impl TestPlatform {
             inner: RecordingPlatform::new(vcpus),
             translate: None,
             halts: Some(Mutex::new(Vec::new())),
+            e820: None,
+            tsc_script: Mutex::new(std::collections::VecDeque::new()),
         }
     }
     pub fn take(&self) -> Vec<Effect> {
@@ -71,7 +77,10 @@ impl Platform for TestPlatform {
         self.inner.wall_clock()
     }
     fn guest_tsc(&self) -> u64 {
-        self.inner.guest_tsc()
+        match self.tsc_script.lock().unwrap().pop_front() {
+            Some(tsc) => tsc,
+            None => self.inner.guest_tsc(),
+        }
     }
     fn tsc_khz(&self) -> Option<u64> {
         self.inner.tsc_khz()
@@ -90,6 +99,9 @@ impl Platform for TestPlatform {
             Some(f) => f(gva, write),
             None => Err(PlatformError::Unsupported("translate_gva")),
         }
+    }
+    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
+        self.e820.clone()
     }
     fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
         match &self.halts {

@@ -12,16 +12,21 @@
  *   7. prints a line with console_io (CONSOLEIO_write);
  *   8. shuts down with SCHEDOP_shutdown and the reason from the command line.
  *
- * Build as 64-bit PVH (xen_boot_pvh64) and 32-bit PVH (xen_boot_pvh32): the 32-bit image
- * exercises the compat convention and layouts. VMM config: [hypervisor] mode = "xen",
- * hypercalls_enabled = true, [xen] defaults (version 4.17, extraversion ".0", domid 1).
+ * Built as 64-bit PVH (xen_boot_pvh64, which is also bootable ELF64 direct), 64-bit ELF64
+ * direct (xen_boot64) and 32-bit PVH (xen_boot_pvh32: the compat convention and layouts).
+ * VMM config: [hypervisor] mode = "xen", hypercalls_enabled = true, [xen] defaults (version
+ * 4.17, extraversion ".0", domid 1).
  *
  * Cmdline:
- *   via=page|vmcall|vmmcall   how hypercalls are made (default page; raw calls use the CPU's
- *                             own instruction unless named)
- *   reason=poweroff|reboot|crash|suspend|watchdog   the shutdown reason (default poweroff)
+ *   via=page|vmcall|vmmcall   how hypercalls are made (default page; the page always holds
+ *                             the CPU's own instruction)
+ *   reason=poweroff|reboot|suspend|crash|watchdog|soft_reset|N   the shutdown reason
+ *                             (default poweroff; N: any number, as Xen takes any u8)
+ *   code=<reason>             first latch that reason with SCHEDOP_shutdown_code (it is what
+ *                             the shutdown then reports)
  *   version=4.17              the Xen version the VMM is configured to show
  *   domid=1                   the domid it is configured with
+ *   now=S                     the host's Unix time just before the run (checks the wallclock)
  *
  * Exit: when every check passed, the VM ends with the chosen shutdown reason (poweroff =
  * status 0); when one failed, with SHUTDOWN_crash. If SCHEDOP_shutdown itself returns, the
@@ -35,7 +40,28 @@ static struct e820entry e820[16];
 
 static u32 base;
 
-static const char *reason_names[] = {"poweroff", "reboot", "suspend", "crash", "watchdog"};
+static const char *reason_names[] = {"poweroff", "reboot",   "suspend",
+                                     "crash",    "watchdog", "soft_reset"};
+
+/* A reason by name or number; false if neither. */
+static bool parse_reason(const char *s, u32 *reason)
+{
+    for (u32 i = 0; i < ARRAY_SIZE(reason_names); i++)
+        if (!strcmp(s, reason_names[i])) {
+            *reason = i;
+            return true;
+        }
+    u64 n;
+    if (!parse_u64(s, &n) || n > 255)
+        return false;
+    *reason = (u32)n;
+    return true;
+}
+
+static const char *reason_name(u32 reason)
+{
+    return reason < ARRAY_SIZE(reason_names) ? reason_names[reason] : "(a number)";
+}
 
 static void find_leaves(u32 want_version, u32 domid)
 {
@@ -61,7 +87,7 @@ static void find_leaves(u32 want_version, u32 domid)
           "HVM leaf: domid present, %u (got %u)", domid, r[2]);
 }
 
-static void install_hypercall_page(enum xen_via raw)
+static void install_hypercall_page(enum xen_via native)
 {
     u32 r[4];
     cpuid(base + 2, 0, r);
@@ -71,7 +97,7 @@ static void install_hypercall_page(enum xen_via raw)
     check(vec == 0, "wrmsr 0x%x = 0x%llx (hypercall page) -> no fault (got %s)", r[1], gpa,
           vec ? vector_name((unsigned)vec) : "none");
     const u8 *p = xen_hypercall_page;
-    u8 insn = raw == XEN_VIA_VMMCALL ? 0xd9 : 0xc1;
+    u8 insn = native == XEN_VIA_VMMCALL ? 0xd9 : 0xc1;
     bool stubs = true;
     for (unsigned i = 0; i < 128 && stubs; i++) {
         const u8 *s = p + i * 32;
@@ -82,7 +108,7 @@ static void install_hypercall_page(enum xen_via raw)
                     s[6] == 0x01 && s[7] == insn && s[8] == 0xc3 && s[9] == 0xcc;
     }
     check(stubs, "hypercall page: 128 stubs mov/%s/ret, ud2 at iret, 0xCC fill",
-          raw == XEN_VIA_VMMCALL ? "vmmcall" : "vmcall");
+          native == XEN_VIA_VMMCALL ? "vmmcall" : "vmcall");
     /* A page index in bits 11:0 is refused. */
     vec = wrmsr_safe(r[1], gpa | 1);
     check(vec == VEC_GP, "wrmsr with page index 1 -> #GP (got %s)",
@@ -157,19 +183,22 @@ static void ask_memory_map(const struct hvm_start_info *si)
     }
     check(map.nr_entries >= 1 && ram > 0, "memory map has RAM (%u entries)", map.nr_entries);
     check(top > PTR(shared_info_page), "our image lies in the reported RAM");
+    bool same = false;
     if (si && si->version >= 1 && si->memmap_entries) {
         const struct hvm_memmap_table_entry *e =
             (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
-        u64 si_top = 0;
-        for (u32 i = 0; i < si->memmap_entries; i++)
-            if (e[i].type == 1 && e[i].addr + e[i].size > si_top)
-                si_top = e[i].addr + e[i].size;
-        check(si_top == top, "RAM ends where the start info says (0x%llx, got 0x%llx)", si_top,
-              top);
+        same = map.nr_entries == si->memmap_entries;
+        for (u32 i = 0; same && i < si->memmap_entries; i++)
+            same = e[i].addr == e820[i].addr && e[i].size == e820[i].size &&
+                   e[i].type == e820[i].type;
     }
+    check(same, "the same map as the start info's (%u entries)", si ? si->memmap_entries : 0);
+    long max_page = HC2(__HYPERVISOR_memory_op, XENMEM_maximum_ram_page, 0);
+    check(max_page > 0 && (u64)max_page << 12 == top, "XENMEM_maximum_ram_page 0x%lx: RAM's end",
+          max_page);
     u16 self = DOMID_SELF;
     long pages = HC2(__HYPERVISOR_memory_op, XENMEM_current_reservation, PTR(&self));
-    check(pages > 0 && (u64)pages * 4096 == ram, "current reservation %ld pages = RAM", pages);
+    check(pages == max_page, "current reservation %ld pages: all guest memory", pages);
 }
 
 static void map_shared_info(u32 want_version)
@@ -183,6 +212,11 @@ static void map_shared_info(u32 want_version)
     u32 v = s->wc_version;
     check(!(v & 1) && v != 0, "wallclock version even and set (%u)", v);
     check(s->wc_sec > 1600000000u, "wallclock %u.%09u s since 1970", s->wc_sec, s->wc_nsec);
+    u64 now = cmdline_get_u64("now", 0);
+    if (now)
+        check(s->wc_sec + 5 >= now && s->wc_sec <= now + 60,
+              "the wallclock is the host's time at the VM's start (%u s; host: %llu s)", s->wc_sec,
+              now);
     volatile struct vcpu_time_info *t = &s->vcpu_info[0].time;
     check(!(t->version & 1) && t->version, "vcpu_info[0].time version even and set (%u)",
           t->version);
@@ -214,24 +248,24 @@ static void say_hello(void)
 int guest_main(const struct hvm_start_info *si)
 {
     char buf[16];
-    enum xen_via raw = xen_native_insn();
+    /* The page holds the CPU's own instruction, whichever way the calls are made. */
+    enum xen_via native = xen_native_insn();
     xen_via = XEN_VIA_PAGE;
     if (cmdline_get("via", buf, sizeof buf) >= 0) {
         if (!strcmp(buf, "vmcall"))
-            xen_via = raw = XEN_VIA_VMCALL;
+            xen_via = XEN_VIA_VMCALL;
         else if (!strcmp(buf, "vmmcall"))
-            xen_via = raw = XEN_VIA_VMMCALL;
+            xen_via = XEN_VIA_VMMCALL;
         else if (strcmp(buf, "page"))
             panic("unknown via=%s", buf);
     }
     u32 reason = SHUTDOWN_poweroff;
-    if (cmdline_get("reason", buf, sizeof buf) >= 0) {
-        for (reason = 0; reason < ARRAY_SIZE(reason_names); reason++)
-            if (!strcmp(buf, reason_names[reason]))
-                break;
-        if (reason == ARRAY_SIZE(reason_names))
-            panic("unknown reason=%s", buf);
-    }
+    if (cmdline_get("reason", buf, sizeof buf) >= 0 && !parse_reason(buf, &reason))
+        panic("unknown reason=%s", buf);
+    u32 code = 0;
+    bool latch = cmdline_get("code", buf, sizeof buf) >= 0;
+    if (latch && !parse_reason(buf, &code))
+        panic("unknown code=%s", buf);
     u32 want_version = 0x40011;
     if (cmdline_get("version", buf, sizeof buf) >= 0) {
         u64 major = 0, minor = 0;
@@ -249,7 +283,7 @@ int guest_main(const struct hvm_start_info *si)
     gprintf("%s: booting as a Xen HVM guest (%s, %s)\n", GUEST_NAME, rt_boot_protocol_name(),
             RT_64BIT ? "64-bit" : "32-bit");
     find_leaves(want_version, domid);
-    install_hypercall_page(raw);
+    install_hypercall_page(native);
     ask_version(want_version);
     ask_params();
     ask_memory_map(si);
@@ -257,8 +291,23 @@ int guest_main(const struct hvm_start_info *si)
     say_hello();
     EXPECT(HC2(__HYPERVISOR_sched_op, SCHEDOP_yield, 0), 0, "SCHEDOP_yield");
 
-    gprintf("%s: %u passed, %u failed; SCHEDOP_shutdown(%s)\n", GUEST_NAME, xen_passed,
-            xen_failed, xen_failed ? "crash" : reason_names[reason]);
+    if (latch) {
+        struct sched_shutdown sc = {code};
+        EXPECT(HC2(__HYPERVISOR_sched_op, SCHEDOP_shutdown_code, PTR(&sc)), 0,
+               "SCHEDOP_shutdown_code(%u %s)", code, reason_name(code));
+        struct sched_shutdown other = {SHUTDOWN_poweroff};
+        EXPECT(HC2(__HYPERVISOR_sched_op, SCHEDOP_shutdown_code, PTR(&other)), 0,
+               "a second SCHEDOP_shutdown_code (the first one stays)");
+    }
+    if (xen_failed && latch) {
+        /* The latched reason would win: report the failure through the exit port. */
+        gprintf("%s: %u passed, %u failed\n", GUEST_NAME, xen_passed, xen_failed);
+        exit_vm(1);
+    }
+    gprintf("%s: %u passed, %u failed; SCHEDOP_shutdown(%u %s)%s\n", GUEST_NAME, xen_passed,
+            xen_failed, xen_failed ? SHUTDOWN_crash : reason,
+            reason_name(xen_failed ? SHUTDOWN_crash : reason),
+            latch ? ", latched code wins" : "");
     struct sched_shutdown sd = {xen_failed ? SHUTDOWN_crash : reason};
     long rc = HC2(__HYPERVISOR_sched_op, SCHEDOP_shutdown, PTR(&sd));
     gprintf("%s: SCHEDOP_shutdown returned %ld\n", GUEST_NAME, rc);

@@ -5,7 +5,8 @@
  * long` and pointers, 4-byte-aligned `u64`), as the headers do. Sources: xen-project/xen
  * xen/include/public/{xen.h,version.h,sched.h,memory.h,hvm/hvm_op.h,hvm/params.h,vcpu.h,
  * errno.h,arch-x86/cpuid.h}. The guests run identity-mapped (or with paging off), so a
- * pointer is both the linear and the physical address.
+ * pointer is both the linear and the physical address, except where xen_abi maps pages at a
+ * high virtual address on purpose (hypercall pointers are linear addresses).
  */
 #ifndef XEN_HC_H
 #define XEN_HC_H
@@ -32,13 +33,16 @@
 #define XEN_ESRCH 3
 #define XEN_ENXIO 6
 #define XEN_E2BIG 7
+#define XEN_EACCES 13
 #define XEN_EFAULT 14
 #define XEN_EBUSY 16
 #define XEN_EEXIST 17
 #define XEN_ENODEV 19
 #define XEN_EINVAL 22
+#define XEN_EDOM 33
 #define XEN_ENOSYS 38
 #define XEN_ETIME 62
+#define XEN_EOPNOTSUPP 95
 #define XEN_ENOBUFS 105
 
 /* version.h */
@@ -54,6 +58,9 @@
 #define XENVER_commandline 9
 #define XENVER_build_id 10
 #define XENVER_extraversion2 11
+#define XENVER_capabilities2 12
+#define XENVER_changeset2 13
+#define XENVER_commandline2 14
 struct xen_feature_info {
     u32 submap_idx;
     u32 submap;
@@ -68,6 +75,7 @@ struct xen_compile_info {
 #define XENFEAT_auto_translated_physmap 2
 #define XENFEAT_hvm_callback_vector 8
 #define XENFEAT_hvm_safe_pvclock 9
+#define XENFEAT_not_direct_mapped 16
 
 /* sched.h */
 #define SCHEDOP_yield 0
@@ -81,6 +89,7 @@ struct xen_compile_info {
 #define SHUTDOWN_suspend 2
 #define SHUTDOWN_crash 3
 #define SHUTDOWN_watchdog 4
+#define SHUTDOWN_soft_reset 5
 struct sched_shutdown {
     u32 reason;
 };
@@ -96,6 +105,7 @@ struct sched_poll {
 #define XENMEM_maximum_reservation 4
 #define XENMEM_add_to_physmap 7
 #define XENMEM_memory_map 9
+#define XENMEM_maximum_gpfn 14
 #define XENMAPSPACE_shared_info 0
 struct xen_add_to_physmap {
     u16 domid;
@@ -137,6 +147,7 @@ struct xen_hvm_evtchn_upcall_vector {
 #define HVM_NR_PARAMS 39
 
 /* vcpu.h */
+#define VCPUOP_up 1
 #define VCPUOP_is_up 3
 #define VCPUOP_set_singleshot_timer 8
 #define VCPUOP_stop_singleshot_timer 9
@@ -269,33 +280,132 @@ static inline long xen_hypercall(ureg nr, ureg a1, ureg a2, ureg a3, ureg a4, ur
 #define HC3(nr, a, b, c) xen_hypercall(nr, (ureg)(a), (ureg)(b), (ureg)(c), 0, 0)
 #define PTR(p) ((ureg)(uptr)(p))
 
+/* The instruction for code that must issue its own hypercall instruction (an `sti` right
+   before it): the raw one named by xen_via, or for the page the instruction written in it. */
+static inline enum xen_via xen_raw_insn(void)
+{
+    if (xen_via != XEN_VIA_PAGE)
+        return xen_via;
+    return xen_hypercall_page[7] == 0xd9 ? XEN_VIA_VMMCALL : XEN_VIA_VMCALL;
+}
+
+/* `sti` immediately followed by the hypercall instruction, then `cli`: the call starts with
+   interrupts enabled but none can be taken before it (the STI shadow), as `sti; hlt`. For
+   SCHEDOP_block and an untimed SCHEDOP_poll, which must wake on an interrupt. */
+static inline long xen_sti_hypercall2(ureg nr, ureg a1, ureg a2)
+{
+    ureg ax = nr;
+#if RT_64BIT
+    if (xen_raw_insn() == XEN_VIA_VMMCALL)
+        __asm__ volatile("sti; vmmcall; cli" : "+a"(ax) : "D"(a1), "S"(a2) : "memory", "cc");
+    else
+        __asm__ volatile("sti; vmcall; cli" : "+a"(ax) : "D"(a1), "S"(a2) : "memory", "cc");
+    return (long)ax;
+#else
+    if (xen_raw_insn() == XEN_VIA_VMMCALL)
+        __asm__ volatile("sti; vmmcall; cli" : "+a"(ax) : "b"(a1), "c"(a2) : "memory", "cc");
+    else
+        __asm__ volatile("sti; vmcall; cli" : "+a"(ax) : "b"(a1), "c"(a2) : "memory", "cc");
+    return (long)(s32)ax;
+#endif
+}
+
+/* ------------------------------------------------------------------ time */
+
+/* The guest TSC rate Xen's time leaf reports (base+3.0 ECX), kHz; 0 if none. */
+static inline u32 xen_tsc_khz(void)
+{
+    u32 r[4];
+    cpuid(0x40000003, 0, r);
+    return r[2];
+}
+
+/* Microseconds in `ticks` of a `khz` TSC. */
+static inline u64 tsc_to_us(u64 ticks, u32 khz)
+{
+    return khz ? udiv64(ticks * 1000, khz, NULL) : 0;
+}
+
+/* pvclock scaling (Xen's scale_delta): ((delta << shift) * mul) >> 32. */
+static inline u64 xen_scale_delta(u64 delta, u32 mul, s8 shift)
+{
+    if (shift < 0)
+        delta >>= -shift;
+    else
+        delta <<= shift;
+    u64 lo = (delta & 0xffffffffull) * mul;
+    u64 hi = (delta >> 32) * mul;
+    return hi + (lo >> 32);
+}
+
 /* The CPU's own hypercall instruction: VMMCALL on AMD and Hygon, VMCALL elsewhere. */
 static inline enum xen_via xen_native_insn(void)
 {
+    static enum xen_via known;
+    static bool done;
+    if (done)
+        return known;
     u32 r[4];
     cpuid(0, 0, r);
     bool amd = (r[1] == 0x68747541 && r[3] == 0x69746e65 && r[2] == 0x444d4163) || /* AuthenticAMD */
                (r[1] == 0x6f677948 && r[3] == 0x6e65476e && r[2] == 0x656e6975);   /* HygonGenuine */
-    return amd ? XEN_VIA_VMMCALL : XEN_VIA_VMCALL;
+    known = amd ? XEN_VIA_VMMCALL : XEN_VIA_VMCALL;
+    done = true;
+    return known;
 }
 
 /* ------------------------------------------------------------------ checks */
 
 static unsigned xen_passed, xen_failed;
 
+/* Once set (console_io is expected to work), check lines are printed with CONSOLEIO_write
+   through the CPU's own instruction, one hypercall per line instead of one port write per
+   byte, as a Xen guest's console does; a refused write falls back to the port. */
+static bool xen_console_io_output;
+
+static long xen_console_write(const char *s, unsigned n)
+{
+    struct hc_regs r;
+    memset(&r, 0, sizeof r);
+#if RT_64BIT
+    r.rax = __HYPERVISOR_console_io;
+    r.rdi = CONSOLEIO_write;
+    r.rsi = n;
+    r.rdx = PTR(s);
+#else
+    r.eax = __HYPERVISOR_console_io;
+    r.ebx = CONSOLEIO_write;
+    r.ecx = n;
+    r.edx = PTR(s);
+#endif
+    int vec = xen_native_insn() == XEN_VIA_VMMCALL ? hypercall_vmmcall(&r) : hypercall_vmcall(&r);
+    if (vec)
+        return -1;
+#if RT_64BIT
+    return (long)r.rax;
+#else
+    return (long)(s32)r.eax;
+#endif
+}
+
 static void check(bool ok, const char *fmt, ...) __printf(2, 3);
 static void check(bool ok, const char *fmt, ...)
 {
-    char line[256];
+    char what[256], line[320];
     va_list ap;
     va_start(ap, fmt);
-    gvsnprintf(line, sizeof line, fmt, ap);
+    gvsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     if (ok)
         xen_passed++;
     else
         xen_failed++;
-    gprintf("%s: [%s] %s\n", GUEST_NAME, ok ? "ok" : "FAIL", line);
+    int n = gsnprintf(line, sizeof line, "%s: [%s] %s\n", GUEST_NAME, ok ? "ok" : "FAIL", what);
+    if (n > (int)sizeof line - 1)
+        n = (int)sizeof line - 1;
+    if (xen_console_io_output && xen_console_write(line, (unsigned)n) == 0)
+        return;
+    console_write(line, (size_t)n);
 }
 
 /* Checks that a call answered `want` (a value or -XEN_Exxx). */

@@ -213,7 +213,12 @@ pub fn serve(
     bump(&vm.stats(vcpu).hypercalls);
     let snap = snapshot(vcpu, &regs, sregs, instruction);
     let outcome = vm.dispatch().hypercall(&snap, vm.mem().ram(), vm.platform());
-    apply_outcome(backend, regs, mode, outcome)
+    let action = apply_outcome(backend, regs, mode, outcome)?;
+    if action == Action::Halt {
+        // A halting hypercall counts as a halt, as HLT does.
+        bump(&vm.stats(vcpu).halts);
+    }
+    Ok(action)
 }
 
 /// Applies an outcome to a vCPU whose RIP is on the hypercall instruction.

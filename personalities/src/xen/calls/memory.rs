@@ -18,7 +18,11 @@
 //!   `gmfn`/`gmfn_range` `-EOPNOTSUPP` (RAM frames cannot be moved), `gmfn_foreign`
 //!   `-ENOSYS`, `dev_mmio` `-EACCES`, other spaces `-EINVAL`.
 //! - `XENMEM_memory_map` (`struct xen_memory_map`): up to `nr_entries` E820 entries
-//!   (20 bytes each), `nr_entries` set to the number written.
+//!   (20 bytes each), `nr_entries` set to the number written. The entries are the memory
+//!   map the VMM gave the guest at boot ([`Platform::memory_map`], reserved ranges
+//!   included), or one RAM entry per guest memory region when it gave none.
+//!
+//! [`Platform::memory_map`]: polyvisor_core::Platform::memory_map
 //! - `XENMEM_machphys_mapping` and everything else: `-ENOSYS`.
 
 use std::sync::atomic::Ordering;
@@ -121,6 +125,16 @@ fn add_to_physmap(xen: &Xen, call: &Call<'_>, start_extent: u64, arg: u64) -> Re
     })
 }
 
+/// The domain's E820 map: the one the VMM gave the guest at boot (PVH's `hvm_start_info`
+/// memory map, so both sources agree, as with Xen's toolstack-set `d->arch.e820`), else one
+/// RAM entry per guest memory region.
+fn e820(call: &Call<'_>) -> Vec<(u64, u64, u32)> {
+    match call.platform.memory_map() {
+        Some(map) if !map.is_empty() => map,
+        _ => ram_ranges(call.memory).map(|(start, len)| (start, len, E820_RAM)).collect(),
+    }
+}
+
 fn memory_map(call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
     let g = Guest::of(call);
     // struct xen_memory_map { unsigned int nr_entries; XEN_GUEST_HANDLE(void) buffer; }:
@@ -131,17 +145,17 @@ fn memory_map(call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
     g.read(arg, header)?;
     let nr_entries = le::u32_at(header, 0);
     let buffer = le::word_at(header, g.width.word(), g.width.word());
-    let available = ram_ranges(call.memory).count();
-    if available == 0 {
+    let map = e820(call);
+    if map.is_empty() {
         // "Backwards compatibility": a domain without a memory map.
         return Ok(err(ENOSYS));
     }
-    let n = (nr_entries as usize).min(available);
-    for (i, (start, size)) in ram_ranges(call.memory).take(n).enumerate() {
+    let n = (nr_entries as usize).min(map.len());
+    for (i, (start, size, kind)) in map.into_iter().take(n).enumerate() {
         let mut entry = [0u8; E820_ENTRY_LEN];
         le::put(&mut entry, 0, &start.to_le_bytes());
         le::put(&mut entry, 8, &size.to_le_bytes());
-        le::put(&mut entry, 16, &E820_RAM.to_le_bytes());
+        le::put(&mut entry, 16, &kind.to_le_bytes());
         let at = (i as u64)
             .checked_mul(E820_ENTRY_LEN as u64)
             .and_then(|off| buffer.checked_add(off))

@@ -95,6 +95,18 @@ fn shared_info_is_zeroed_and_filled() {
 }
 
 #[test]
+fn time_pairs_the_clock_with_the_closest_tsc_reads() {
+    let vm = Vm::new();
+    vm.platform.set_now(7_000);
+    // Three tries of (TSC, clock, TSC): gaps 9900, 10, 1000; the second wins, with the TSC
+    // halfway between its reads.
+    vm.platform.tsc_script.lock().unwrap().extend([100, 10_000, 20_000, 20_010, 30_000, 31_000]);
+    assert_eq!(map64(&vm, SELF, 0, 0, 0x100), 0);
+    assert_eq!(vm.u64_at(0x10_0000 + 32 + 8), 20_005);
+    assert_eq!(vm.u64_at(0x10_0000 + 32 + 16), 7_000);
+}
+
+#[test]
 fn shared_info_moves_with_its_contents() {
     let vm = Vm::new();
     assert_eq!(map64(&vm, 1, 0, 0, 0x100), 0);
@@ -178,6 +190,33 @@ fn memory_map_native() {
     vm.write(ARG, &0u32.to_le_bytes());
     assert_eq!(vm.rax64(NR, &[9, ARG]), 0);
     assert_eq!(vm.u32_at(ARG), 0);
+}
+
+#[test]
+fn memory_map_is_the_vmms_boot_map() {
+    let mut vm = Vm::new();
+    vm.platform.e820 = Some(vec![(0, 0x10_0000, 2), (0x10_0000, 0x10_0000, 1)]);
+    let mut m = [0u8; 16];
+    m[..4].copy_from_slice(&8u32.to_le_bytes());
+    m[8..].copy_from_slice(&0x7000u64.to_le_bytes());
+    vm.write(ARG, &m);
+    assert_eq!(vm.rax64(NR, &[9, ARG]), 0);
+    assert_eq!(vm.u32_at(ARG), 2);
+    let entry = |i: u64| {
+        let at = 0x7000 + i * 20;
+        (vm.u64_at(at), vm.u64_at(at + 8), vm.u32_at(at + 16))
+    };
+    assert_eq!(entry(0), (0, 0x10_0000, 2), "reserved ranges included");
+    assert_eq!(entry(1), (0x10_0000, 0x10_0000, 1));
+    // Reservations still count every page of guest memory.
+    vm.write(ARG, &0x7ff0u16.to_le_bytes());
+    assert_eq!(vm.rax64(NR, &[3, ARG]), 512);
+    // An empty map from the VMM: derived from guest memory.
+    vm.platform.e820 = Some(Vec::new());
+    vm.write(ARG, &m);
+    assert_eq!(vm.rax64(NR, &[9, ARG]), 0);
+    assert_eq!(vm.u32_at(ARG), 1);
+    assert_eq!((vm.u64_at(0x7000), vm.u64_at(0x7008), vm.u32_at(0x7010)), (0, 0x20_0000, 1));
 }
 
 #[test]
