@@ -4,7 +4,7 @@
 //! |---|---|
 //! | test-exit port: `out 0xF4, eax` | `eax` (values above 255 become 255) |
 //! | personality poweroff N | N (above 255: 255) |
-//! | personality reboot request | 0 (polyvisor does not reset; the run ends) |
+//! | personality reboot request | 248 (polyvisor does not reset; the run ends, and a wrapper that wants a reboot can start it again) |
 //! | personality crash report | 250 |
 //! | other personality-named end | 249 |
 //! | triple fault (`KVM_EXIT_SHUTDOWN`) | 251 |
@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use polyvisor_core::ExitReason;
 
+/// Exit status for a reboot the guest asked for: distinct, so a wrapper can tell it from a
+/// poweroff and start the VM again.
+pub const STATUS_REBOOT: i32 = 248;
 /// Exit status for a crash the guest reported.
 pub const STATUS_CRASH: i32 = 250;
 /// Exit status for another personality-named end.
@@ -86,7 +89,7 @@ impl VmEnd {
         match self {
             VmEnd::ExitPort(v) => clamp(*v),
             VmEnd::Guest(ExitReason::Poweroff(n)) => clamp(*n),
-            VmEnd::Guest(ExitReason::Reboot) => 0,
+            VmEnd::Guest(ExitReason::Reboot) => STATUS_REBOOT,
             VmEnd::Guest(ExitReason::Crash(_)) => STATUS_CRASH,
             VmEnd::Guest(ExitReason::Other(_)) => STATUS_OTHER,
             VmEnd::TripleFault { .. } => STATUS_TRIPLE_FAULT,

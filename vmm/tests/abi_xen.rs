@@ -319,7 +319,7 @@ fn boot_like_a_xen_kernel_poweroff() {
 fn boot_shutdown_reasons_end_the_vm() {
     for image in ["xen_boot_pvh64", "xen_boot_pvh32"] {
         let cases: [(&str, VmEnd, i32, &str); 7] = [
-            ("reason=reboot", VmEnd::Guest(ExitReason::Reboot), 0, "reboot"),
+            ("reason=reboot", VmEnd::Guest(ExitReason::Reboot), 248, "reboot"),
             (
                 "reason=crash",
                 VmEnd::Guest(ExitReason::Crash(
