@@ -49,3 +49,78 @@ pub fn leaves(xen: &Xen, vcpu: u32) -> Vec<CpuidLeaf> {
         sub(B + 5, 0, 0, 0, 0, 0),
     ]
 }
+
+/// The HVM feature bits of B+4 EAX, as `arch-x86/cpuid.h` names them.
+const HVM_FEATURES: [(u32, &str); 7] = [
+    (1 << 0, "XEN_HVM_CPUID_APIC_ACCESS_VIRT"),
+    (1 << 1, "XEN_HVM_CPUID_X2APIC_VIRT"),
+    (1 << 2, "XEN_HVM_CPUID_IOMMU_MAPPINGS"),
+    (XEN_HVM_CPUID_VCPU_ID_PRESENT, "XEN_HVM_CPUID_VCPU_ID_PRESENT: the vCPU id is in EBX"),
+    (XEN_HVM_CPUID_DOMID_PRESENT, "XEN_HVM_CPUID_DOMID_PRESENT: the domain id is in ECX"),
+    (1 << 5, "XEN_HVM_CPUID_EXT_DEST_ID"),
+    (1 << 6, "XEN_HVM_CPUID_UPCALL_VECTOR"),
+];
+
+/// What a leaf means, for `polyvisor cpuid`.
+pub fn explain(leaf: &CpuidLeaf) -> Vec<String> {
+    match (leaf.function.wrapping_sub(B), leaf.index) {
+        (0, _) => vec![format!(
+            "signature \"{}\", highest leaf {:#010x}",
+            String::from_utf8_lossy(&leaf.signature_bytes()),
+            leaf.eax
+        )],
+        (1, _) => vec![format!("Xen version {}.{}", leaf.eax >> 16, leaf.eax & 0xffff)],
+        (2, _) => vec![format!(
+            "{} hypercall page(s), installed by writing its address to MSR {:#010x}",
+            leaf.eax, leaf.ebx
+        )],
+        (3, 0) => vec![
+            format!(
+                "TSC mode {}{}",
+                leaf.ebx,
+                if leaf.ebx == XEN_CPUID_TSC_MODE_NEVER_EMULATE { " (never emulate)" } else { "" }
+            ),
+            format!("host TSC reliable: {}", leaf.eax & XEN_CPUID_HOST_TSC_RELIABLE != 0),
+            format!("guest TSC {} kHz", leaf.ecx),
+        ],
+        (3, 1) => vec![format!("pvclock scale: mul {:#x}, shift {}", leaf.ecx, leaf.edx as i32)],
+        (3, 2) => vec![format!("physical TSC {} kHz", leaf.eax)],
+        (4, 0) => HVM_FEATURES
+            .iter()
+            .filter(|(bit, _)| leaf.eax & bit != 0)
+            .map(|(_, name)| (*name).to_string())
+            .chain(
+                (leaf.eax & XEN_HVM_CPUID_VCPU_ID_PRESENT != 0)
+                    .then(|| format!("vCPU id {}", leaf.ebx)),
+            )
+            .chain(
+                (leaf.eax & XEN_HVM_CPUID_DOMID_PRESENT != 0)
+                    .then(|| format!("domain id {}", leaf.ecx)),
+            )
+            .collect(),
+        (5, _) => vec!["PV-only parameters: empty for HVM guests".to_string()],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod explain_tests {
+    use super::*;
+    use crate::HostFacts;
+    use polyvisor_config::XenConfig;
+
+    #[test]
+    fn every_leaf_is_explained() {
+        let xen = Xen::new(&XenConfig::default(), 4, HostFacts::nominal());
+        let leaves = leaves(&xen, 3);
+        for leaf in &leaves {
+            assert!(!explain(leaf).is_empty(), "{leaf:?}");
+        }
+        let text = leaves.iter().flat_map(explain).collect::<Vec<_>>().join("\n");
+        assert!(text.contains("signature \"XenVMMXenVMM\""), "{text}");
+        assert!(text.contains("Xen version 4.17"), "{text}");
+        assert!(text.contains("MSR 0x40000000"), "{text}");
+        assert!(text.contains("vCPU id 3"), "{text}");
+        assert!(text.contains("XEN_HVM_CPUID_DOMID_PRESENT"), "{text}");
+    }
+}

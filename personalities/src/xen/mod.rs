@@ -141,6 +141,10 @@ impl Personality for Xen {
         cpuid::leaves(self, vcpu)
     }
 
+    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
+        cpuid::explain(leaf)
+    }
+
     fn msr_ranges(&self) -> &[(u32, u32)] {
         &[(abi::cpuid::HYPERCALL_PAGE_MSR, abi::cpuid::HYPERCALL_PAGE_MSR)]
     }
