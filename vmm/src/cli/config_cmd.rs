@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use polyvisor_config::Config;
-use polyvisor_personalities::HostFacts;
 
 use super::exit::{fail, Status};
-use super::tables::build_engine;
+use super::tables::{build_engine, host_facts};
 
 /// Configuration subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -43,7 +42,7 @@ fn check(file: &Path) -> Status {
         }
     }
     // Building the personality checks what only it knows: hypercall names, backed features.
-    match build_engine(&loaded, &HostFacts::nominal()) {
+    match build_engine(&loaded, &host_facts()) {
         Ok(_) => {}
         Err((Status::Unsupported, msg)) => {
             println!("{}: valid (note: {msg})", file.display());

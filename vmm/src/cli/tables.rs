@@ -55,9 +55,21 @@ pub(crate) fn build_engine(
     })
 }
 
+/// This host's facts (TSC rate, native hypercall instruction) when KVM is here, so the tables
+/// show what a guest would see on it; nominal facts otherwise, with a note.
+pub(crate) fn host_facts() -> HostFacts {
+    let report = polyvisor_vmm::host_check();
+    if report.kvm_error.is_none() {
+        report.facts()
+    } else {
+        eprintln!("polyvisor: note: KVM is not available; showing nominal host facts (1 GHz TSC)");
+        HostFacts::nominal()
+    }
+}
+
 fn engine_for(args: &ConfigArgs) -> Result<Arc<dyn Dispatch>, Status> {
     let loaded = args.load().map_err(|e| fail(Status::BadConfig, e))?;
-    build_engine(&loaded, &HostFacts::nominal()).map_err(|(status, msg)| fail(status, msg))
+    build_engine(&loaded, &host_facts()).map_err(|(status, msg)| fail(status, msg))
 }
 
 /// The printable part of a signature, or None when it is not text.
