@@ -332,6 +332,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         }
         None => ProbeSink::Log,
     };
+    let debug_channel = open_debug_channel(config)?;
     let shared = Arc::new(VmShared::new(VmParts {
         vm,
         mem,
@@ -343,6 +344,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         tsc_khz,
         probe_sink,
         original: image.segments.iter().map(|s| (s.gpa, s.data.clone())).collect(),
+        debug_channel,
     }));
     shared.tsc_offset.store(tsc_offset, std::sync::atomic::Ordering::Relaxed);
 
@@ -404,6 +406,28 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         protected_pages,
         elapsed,
     })
+}
+
+/// Opens the guest debug channel's files (`[hyperv] debug_output`, `debug_input`) for a
+/// hyperv VM that has one.
+fn open_debug_channel(
+    config: &LoadedConfig,
+) -> Result<Option<crate::debug_channel::DebugChannel>, VmmError> {
+    let cfg = &config.config;
+    let Some(out) = &cfg.hyperv.debug_output else {
+        return Ok(None);
+    };
+    if cfg.hypervisor.mode != polyvisor_core::HypervisorMode::Hyperv {
+        return Ok(None);
+    }
+    let out = config.resolve(out);
+    let input = cfg.hyperv.debug_input.as_ref().map(|p| config.resolve(p));
+    crate::debug_channel::DebugChannel::open(&out, input.as_deref()).map(Some).map_err(
+        |(what, source)| {
+            let path = if what.ends_with("input") { input.unwrap_or_default() } else { out };
+            VmmError::File { what, path, source }
+        },
+    )
 }
 
 /// Picks the boot protocol for an image.
