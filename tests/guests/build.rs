@@ -83,6 +83,8 @@ const GUESTS: &[Guest] = &[
     Guest { name: "kvm_smp64", flavour: Flavour::Elf64, sources: &["guests/kvm_smp.c"] },
     Guest { name: "hyperv_features64", flavour: Flavour::Elf64, sources: &["guests/hyperv_features.c"] },
     Guest { name: "hyperv_features_pvh32", flavour: Flavour::Pvh32, sources: &["guests/hyperv_features.c"] },
+    Guest { name: "hyperv_linux64", flavour: Flavour::Elf64, sources: &["guests/hyperv_linux.c"] },
+    Guest { name: "hyperv_linux_pvh32", flavour: Flavour::Pvh32, sources: &["guests/hyperv_linux.c"] },
     Guest { name: "xen_boot_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_boot.c"] },
     Guest { name: "xen_boot_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_boot.c"] },
     Guest { name: "xen_boot64", flavour: Flavour::Elf64, sources: &["guests/xen_boot.c"] },
