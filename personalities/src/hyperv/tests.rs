@@ -1175,6 +1175,16 @@ fn the_documented_example_config_builds() {
     // The default recommendations the page states.
     let d = Vm::new(&defaults(|_| {}));
     assert_eq!(d.engine.cpuid(0)[4].eax, 0xc20);
+    // The debug channel example: the defaults plus Debugging, with a host side.
+    let next = start + len + 3;
+    let start2 = next + doc[next..].find("```toml\n").unwrap() + 8;
+    let len2 = doc[start2..].find("```").unwrap();
+    let c = Config::parse(&doc[start2..start2 + len2], "docs/config.md").unwrap();
+    assert!(c.hyperv.debug_output.is_some() && c.hyperv.debug_input.is_some());
+    let vm = Vm::new(&c);
+    let f = vm.engine.cpuid(0)[3];
+    let privileges = u64::from(f.eax) | u64::from(f.ebx) << 32;
+    assert_eq!(privileges, DEFAULT_PRIVILEGES | HV_DEBUGGING);
 }
 
 #[test]
