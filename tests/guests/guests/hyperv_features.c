@@ -866,7 +866,10 @@ static void check_continuation(void)
         return;
     /* The largest list one page holds: 509 ranges after the 24-byte header. The VMM does 256
      * per exit, so the call continues once: RIP stays on the instruction and the rep start
-     * index is updated in the input value, which the guest never sees change except RCX. */
+     * index is updated in the input value. In 64-bit mode RCX shows it afterwards; in 32-bit
+     * mode EDX:EAX is both input and result, and had the guest been resumed after the first
+     * chunk it would read the updated input value (code 3 = a failure status) as the result,
+     * so SUCCESS with 509 reps is the proof there. The host counts two dispatches. */
     u64 *in = in64();
     in[0] = 0;
     in[1] = 0;
