@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize};
 use strum::{Display, EnumString, VariantNames};
@@ -57,6 +59,31 @@ pub struct HypervConfig {
     /// What HV_X64_MSR_RESET does.
     #[serde(default)]
     pub reset: ResetAction,
+    /// The host side of the guest debug channel, guest to host: the bytes the guest sends
+    /// with HvCallPostDebugData are appended to this file (created if missing). Setting it
+    /// makes the Debugging privilege available. Relative paths are relative to the config
+    /// file.
+    #[serde(default, deserialize_with = "debug_path")]
+    pub debug_output: Option<PathBuf>,
+    /// The host side of the guest debug channel, host to guest: HvCallRetrieveDebugData hands
+    /// out this file's bytes in order, each once, never waiting (a file that grows, or a
+    /// FIFO, feeds the guest while it runs). Absent: the guest never receives data.
+    #[serde(default, deserialize_with = "debug_path")]
+    pub debug_input: Option<PathBuf>,
+}
+
+/// A debug channel path: present means a file, so it must name one.
+fn debug_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(D::Error::custom(
+            "a debug channel path must name a file; leave the key out for no channel",
+        ));
+    }
+    if s.contains('\0') {
+        return Err(D::Error::custom("a debug channel path must not contain NUL characters"));
+    }
+    Ok(Some(PathBuf::from(s)))
 }
 
 fn default_vendor() -> String {
@@ -94,6 +121,44 @@ impl Default for HypervConfig {
             recommendations: None,
             spinlock_retries: default_spin(),
             reset: ResetAction::Exit,
+            debug_output: None,
+            debug_input: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn no_debug_channel_by_default() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!((c.hyperv.debug_output, c.hyperv.debug_input), (None, None));
+    }
+
+    #[test]
+    fn debug_channel_paths_parse_and_round_trip() {
+        let text = "[hyperv]\ndebug_output = \"kd-out.bin\"\ndebug_input = \"kd-in.bin\"\n";
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.hyperv.debug_output, Some(PathBuf::from("kd-out.bin")));
+        assert_eq!(c.hyperv.debug_input, Some(PathBuf::from("kd-in.bin")));
+        assert_eq!(Config::parse(&c.to_toml(), "round-trip").unwrap(), c);
+    }
+
+    #[test]
+    fn empty_debug_paths_are_refused_where_they_are() {
+        for (text, column) in
+            [("[hyperv]\ndebug_output = \" \"\n", 16), ("[hyperv]\ndebug_input = \"\"\n", 15)]
+        {
+            match Config::parse(text, "t.toml") {
+                Err(crate::ConfigError::Invalid { line, column: c, message, .. }) => {
+                    assert_eq!((line, c), (2, column), "{message}");
+                    assert!(message.contains("must name a file"), "{message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 }

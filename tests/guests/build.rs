@@ -93,6 +93,12 @@ const GUESTS: &[Guest] = &[
         flavour: Flavour::Pvh32,
         sources: &["guests/hyperv_features.c"],
     },
+    Guest { name: "hyperv_linux64", flavour: Flavour::Elf64, sources: &["guests/hyperv_linux.c"] },
+    Guest {
+        name: "hyperv_linux_pvh32",
+        flavour: Flavour::Pvh32,
+        sources: &["guests/hyperv_linux.c"],
+    },
     Guest { name: "xen_boot_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_boot.c"] },
     Guest { name: "xen_boot_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_boot.c"] },
     Guest { name: "xen_boot64", flavour: Flavour::Elf64, sources: &["guests/xen_boot.c"] },

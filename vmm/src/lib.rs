@@ -23,6 +23,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod debug_channel;
 pub mod devices;
 pub mod end;
 pub mod exits;

@@ -105,6 +105,20 @@ impl Platform for VmShared {
         }
     }
 
+    fn debug_post(&self, _vcpu: u32, bytes: &[u8]) -> Result<usize, PlatformError> {
+        match &self.debug_channel {
+            Some(c) => c.post(bytes),
+            None => Err(PlatformError::Unsupported("guest debug channel ([hyperv] debug_output)")),
+        }
+    }
+
+    fn debug_retrieve(&self, _vcpu: u32, buf: &mut [u8]) -> Result<usize, PlatformError> {
+        match &self.debug_channel {
+            Some(c) => c.retrieve(buf),
+            None => Err(PlatformError::Unsupported("guest debug channel ([hyperv] debug_output)")),
+        }
+    }
+
     fn read_xmm(&self, vcpu: u32) -> Result<[u128; 6], PlatformError> {
         let fd = crate::kvm::current_vcpu(vcpu)
             .ok_or(PlatformError::Unsupported("XMM registers of a vCPU other than the caller"))?;

@@ -143,6 +143,8 @@ pub struct VmShared {
     pub(crate) probe_sink: Mutex<ProbeSink>,
     /// The kernel's segments as loaded (GPA, file bytes), to undo KVM's patching.
     original: Vec<(u64, Vec<u8>)>,
+    /// The host side of the guest debug channel, when configured.
+    pub(crate) debug_channel: Option<crate::debug_channel::DebugChannel>,
 }
 
 impl std::fmt::Debug for VmShared {
@@ -176,6 +178,8 @@ pub struct VmParts {
     pub probe_sink: ProbeSink,
     /// The kernel's segments (GPA, file bytes).
     pub original: Vec<(u64, Vec<u8>)>,
+    /// The guest debug channel's host side (`[hyperv] debug_output`/`debug_input`).
+    pub debug_channel: Option<crate::debug_channel::DebugChannel>,
 }
 
 impl VmShared {
@@ -202,6 +206,7 @@ impl VmShared {
             tsc_khz: p.tsc_khz,
             probe_sink: Mutex::new(p.probe_sink),
             original: p.original,
+            debug_channel: p.debug_channel,
         }
     }
 

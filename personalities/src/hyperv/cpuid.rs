@@ -25,6 +25,8 @@ pub struct Backing {
     pub frequencies: bool,
     /// HV_X64_MSR_RESET has an action (only `reset = "exit"` today).
     pub reset: bool,
+    /// The debug channel has a host side (`[hyperv] debug_output`).
+    pub debug_channel: bool,
 }
 
 impl Backing {
@@ -35,6 +37,7 @@ impl Backing {
                 && host.tsc_khz.is_some_and(|k| k > MIN_TSC_KHZ_FOR_PAGE),
             frequencies: host.tsc_khz.is_some_and(|k| k > 0),
             reset: config.hyperv.reset == ResetAction::Exit,
+            debug_channel: config.hyperv.debug_output.is_some(),
         }
     }
 
@@ -59,9 +62,13 @@ impl Backing {
 
     /// Privileges a configuration may ask for: the default ones plus those whose calls have an
     /// honest answer here without being useful by default (PostMessages and SignalEvents answer
-    /// "no SynIC"; Debugging needs a VMM debug channel).
+    /// "no SynIC"; Debugging needs the debug channel's host side, `[hyperv] debug_output`).
     pub fn allowed_privileges(self) -> u64 {
-        self.default_privileges() | HV_POST_MESSAGES | HV_SIGNAL_EVENTS | HV_DEBUGGING
+        let mut p = self.default_privileges() | HV_POST_MESSAGES | HV_SIGNAL_EVENTS;
+        if self.debug_channel {
+            p |= HV_DEBUGGING;
+        }
+        p
     }
 
     /// Features implemented here and shown by default.
@@ -75,12 +82,16 @@ impl Backing {
 
     /// Features a configuration may ask for. XMM input needs the VMM's
     /// `Platform::read_xmm`; the extended GVA range format is accepted because every flush
-    /// here is a full flush; guest debugging goes with the Debugging privilege.
+    /// here is a full flush; guest debugging goes with the Debugging privilege and so needs
+    /// the debug channel.
     pub fn allowed_features(self) -> u32 {
-        self.default_features()
+        let mut f = self.default_features()
             | HV_X64_HYPERCALL_XMM_INPUT_AVAILABLE
-            | HV_FEATURE_EXT_GVA_RANGES_FLUSH
-            | HV_X64_GUEST_DEBUGGING_AVAILABLE
+            | HV_FEATURE_EXT_GVA_RANGES_FLUSH;
+        if self.debug_channel {
+            f |= HV_X64_GUEST_DEBUGGING_AVAILABLE;
+        }
+        f
     }
 
     /// Recommendations shown by default: the IPI hypercalls and the Ex processor sets are
@@ -193,6 +204,9 @@ fn privilege_reason(bit: u32, backing: Backing) -> &'static str {
         HV_MSR_RESET_AVAILABLE if !backing.reset => {
             "HV_X64_MSR_RESET has no action with reset = \"reset\""
         }
+        HV_DEBUGGING if !backing.debug_channel => {
+            "the debug channel has no host side: set [hyperv] debug_output"
+        }
         _ => "this implementation does not provide it",
     }
 }
@@ -262,6 +276,9 @@ impl Identity {
             feature_name,
             &|bit| match 1u32 << bit {
                 HV_FEATURE_FREQUENCY_MSRS_AVAILABLE => "the host TSC frequency is unknown",
+                HV_X64_GUEST_DEBUGGING_AVAILABLE => {
+                    "the debug channel has no host side: set [hyperv] debug_output"
+                }
                 _ => "this implementation does not provide it",
             },
         )?;

@@ -35,11 +35,13 @@ pub(super) fn config(edit: impl FnOnce(&mut Config)) -> Config {
     })
 }
 
-/// A hyperv VM with hypercalls on, 4 vCPUs and every `[hyperv]` key at its default.
+/// A hyperv VM with hypercalls on, 4 vCPUs, a debug channel (the recording platform's) and
+/// every other `[hyperv]` key at its default.
 pub(super) fn defaults(edit: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config::default();
     c.hypervisor.mode = HypervisorMode::Hyperv;
     c.hypervisor.hypercalls_enabled = true;
+    c.hyperv.debug_output = Some("debug.out".into());
     c.vm.vcpus = 4;
     edit(&mut c);
     c
@@ -329,6 +331,20 @@ fn unbacked_masks_are_refused_naming_the_bit() {
     assert!(unbacked(&c, &unknown).contains("AccessFrequencyRegs"));
     let msg = unbacked(&config(|c| c.hyperv.reset = ResetAction::Reset), &host);
     assert!(msg.contains("reset = \"reset\"") && msg.contains("exit"), "{msg}");
+    // Debugging and guest debugging need the debug channel's host side.
+    let no_channel = |edit: fn(&mut Config)| {
+        config(|c| {
+            c.hyperv.debug_output = None;
+            c.hyperv.debug_input = Some("debug.in".into());
+            edit(c);
+        })
+    };
+    let msg = unbacked(&no_channel(|c| c.hyperv.privileges = Some(0x60 | HV_DEBUGGING)), &host);
+    assert!(msg.contains("bit 43 (Debugging)") && msg.contains("debug_output"), "{msg}");
+    let c = no_channel(|c| c.hyperv.features = Some(HV_X64_GUEST_DEBUGGING_AVAILABLE));
+    let msg = unbacked(&c, &host);
+    assert!(msg.contains("bit 1 (guest debugging)") && msg.contains("debug_output"), "{msg}");
+    assert!(personality(&no_channel(|_| {}), &host).is_ok(), "the defaults need no channel");
     // Through the crate's entry point too.
     let c = config(|c| c.hyperv.privileges = Some(1 << 3));
     assert!(matches!(crate::build(&c, &host).map(|_| ()), Err(BuildError::Unbacked { .. })));
@@ -1159,6 +1175,16 @@ fn the_documented_example_config_builds() {
     // The default recommendations the page states.
     let d = Vm::new(&defaults(|_| {}));
     assert_eq!(d.engine.cpuid(0)[4].eax, 0xc20);
+    // The debug channel example: the defaults plus Debugging, with a host side.
+    let next = start + len + 3;
+    let start2 = next + doc[next..].find("```toml\n").unwrap() + 8;
+    let len2 = doc[start2..].find("```").unwrap();
+    let c = Config::parse(&doc[start2..start2 + len2], "docs/config.md").unwrap();
+    assert!(c.hyperv.debug_output.is_some() && c.hyperv.debug_input.is_some());
+    let vm = Vm::new(&c);
+    let f = vm.engine.cpuid(0)[3];
+    let privileges = u64::from(f.eax) | u64::from(f.ebx) << 32;
+    assert_eq!(privileges, DEFAULT_PRIVILEGES | HV_DEBUGGING);
 }
 
 #[test]
