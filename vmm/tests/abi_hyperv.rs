@@ -294,7 +294,7 @@ fn reset_msr_ends_the_vm_as_a_reboot() {
         });
     assert_checks(&r, 219 - HOST_DEPENDENT);
     assert_eq!(r.end, VmEnd::Guest(ExitReason::Reboot), "{}", show(&r));
-    assert_eq!(r.exit_status, 0);
+    assert_eq!(r.exit_status, polyvisor_vmm::end::STATUS_REBOOT);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
