@@ -347,3 +347,73 @@ impl Identity {
         ]
     }
 }
+
+/// The names of the set bits of `value`, bit `offset` first, by `name`.
+fn set_bits(value: u64, offset: u32, width: u32, name: fn(u32) -> &'static str) -> Vec<String> {
+    (0..width)
+        .filter(|b| value >> b & 1 != 0)
+        .map(|b| format!("bit {:2} {}", b, name(b + offset)))
+        .collect()
+}
+
+/// What a leaf means, for `polyvisor cpuid`.
+pub fn explain(leaf: &CpuidLeaf) -> Vec<String> {
+    let mut lines = Vec::new();
+    match leaf.function {
+        HYPERV_CPUID_VENDOR_AND_MAX_FUNCTIONS => lines.push(format!(
+            "vendor \"{}\", highest leaf {:#010x}",
+            String::from_utf8_lossy(&leaf.signature_bytes()),
+            leaf.eax
+        )),
+        HYPERV_CPUID_INTERFACE => lines.push(if leaf.eax == HV_INTERFACE_SIGNATURE {
+            "interface \"Hv#1\": the TLFS interface (GUEST_OS_ID, HYPERCALL, VP_INDEX MSRs)".into()
+        } else {
+            format!("interface {:#010x}", leaf.eax)
+        }),
+        HYPERV_CPUID_VERSION => lines.push(format!(
+            "build {}, version {}.{}, service pack {}, branch {} number {}",
+            leaf.eax,
+            leaf.ebx >> 16,
+            leaf.ebx & 0xffff,
+            leaf.ecx,
+            leaf.edx >> 24,
+            leaf.edx & 0xff_ffff
+        )),
+        HYPERV_CPUID_FEATURES => {
+            lines.extend(
+                set_bits(leaf.eax.into(), 0, 32, privilege_name)
+                    .into_iter()
+                    .map(|l| format!("EAX {l}")),
+            );
+            lines.extend(
+                set_bits(leaf.ebx.into(), 32, 32, privilege_name)
+                    .into_iter()
+                    .map(|l| format!("EBX {l}")),
+            );
+            lines.extend(
+                set_bits(leaf.edx.into(), 0, 32, feature_name)
+                    .into_iter()
+                    .map(|l| format!("EDX {l}")),
+            );
+        }
+        HYPERV_CPUID_ENLIGHTMENT_INFO => {
+            lines.extend(
+                set_bits(leaf.eax.into(), 0, 32, recommendation_name)
+                    .into_iter()
+                    .map(|l| format!("EAX {l}")),
+            );
+            lines.push(match leaf.ebx {
+                u32::MAX => "spinlock retries: never notify".to_string(),
+                n => format!("spinlock retries before HvCallNotifyLongSpinWait: {n}"),
+            });
+        }
+        HYPERV_CPUID_IMPLEMENT_LIMITS => {
+            lines.push(format!("at most {} virtual and {} logical processors", leaf.eax, leaf.ebx))
+        }
+        HYPERV_CPUID_HARDWARE_FEATURES => {
+            lines.push(format!("hardware features in use: {:#x}", leaf.eax));
+        }
+        _ => {}
+    }
+    lines
+}

@@ -140,6 +140,10 @@ impl Personality for HyperV {
         self.id.leaves()
     }
 
+    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
+        cpuid::explain(leaf)
+    }
+
     fn msr_ranges(&self) -> &[(u32, u32)] {
         MSR_RANGES
     }

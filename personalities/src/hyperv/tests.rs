@@ -1208,3 +1208,26 @@ fn every_refusal_kind_has_its_answer() {
     assert_eq!(p.instruction(), HypercallInstruction::Vmcall);
     assert_eq!(p.identity().max_vcpus, 4);
 }
+
+#[test]
+fn polyvisor_cpuid_explains_the_leaves() {
+    let vm = default_vm();
+    let text = vm
+        .engine
+        .cpuid(0)
+        .iter()
+        .flat_map(|l| vm.engine.explain_cpuid(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for want in [
+        "vendor \"Microsoft Hv\", highest leaf 0x40000006",
+        "interface \"Hv#1\"",
+        "version 10.0",
+        "EAX bit  5 AccessHypercallMsrs",
+        "EAX bit  6 AccessVpIndex",
+        "EAX bit 10 SyntheticClusterIpi",
+        "spinlock retries before HvCallNotifyLongSpinWait: 4095",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+}
