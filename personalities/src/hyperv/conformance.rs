@@ -1,4 +1,4 @@
-//! Table-driven conformance: the peer expectations of /work/shared/reference/hyperv.md (KVM's
+//! Table-driven conformance: the peer expectations of docs/abi/hyperv.md's sources (KVM's
 //! `tools/testing/selftests/kvm/x86/hyperv_features.c` stages, written as facts) and the MSR
 //! gating rules, each checked under several CPUID configurations with the privileges,
 //! features and recommendations on and off. Every row says what it expects as a function of
