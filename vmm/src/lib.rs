@@ -41,5 +41,5 @@ pub mod vm;
 pub use end::VmEnd;
 pub use host::{host_check, HostReport};
 pub use loader::{parse_kernel, KernelImage, LoadError};
-pub use run::{run, BootKind, RunOptions, RunReport, VmmError};
+pub use run::{run, BootKind, RunOptions, RunReport, Startup, VmmError};
 pub use trap::TrapStrategy;

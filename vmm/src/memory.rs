@@ -235,6 +235,23 @@ impl GuestMem {
         }
     }
 
+    /// Bytes of guest RAM resident in host memory now (`mincore` over the RAM mapping), or
+    /// `None` if the kernel would not say. Touched pages count; pages never written (or read)
+    /// by the guest, KVM or the VMM do not.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let len = usize::try_from(self.ram_size).ok()?;
+        let pages = len.div_ceil(PAGE as usize);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `ram_host..ram_host + ram_size` is the page-aligned RAM mapping this value
+        // owns (it stays mapped while `&self` lives); mincore only reads the page tables and
+        // writes one byte per page into `vec`, which has exactly that many bytes. The return
+        // value is checked.
+        let r = unsafe {
+            libc::mincore(self.ram_host as *mut libc::c_void, len, vec.as_mut_ptr().cast())
+        };
+        (r == 0).then(|| vec.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE)
+    }
+
     /// Writes guest RAM (a write the guest made to a protected page).
     pub fn write_ram(&self, gpa: u64, data: &[u8]) -> bool {
         self.ram.write_slice(data, GuestAddress(gpa)).is_ok()

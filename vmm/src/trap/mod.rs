@@ -16,6 +16,8 @@ pub mod write_protect;
 pub mod xen_intercept;
 
 use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use polyvisor_config::InstructionChoice;
@@ -263,13 +265,24 @@ pub fn apply_outcome(
 
 /// Runs the vCPU once with `immediate_exit` set, which completes a pending emulation (an
 /// MMIO write or a Xen hypercall) without entering the guest. Returns `None` when KVM
-/// returned EINTR as expected, or the exit the completion produced instead.
+/// returned EINTR as expected, or the exit the completion produced instead. Counts the run
+/// and its duration in vCPU `vcpu`'s stats (`completions`, `completion_ns`).
 pub fn complete_pending(
     backend: &mut dyn VcpuBackend,
+    vm: &dyn VmServices,
+    vcpu: u32,
 ) -> Result<Option<crate::vcpu::Exit>, VcpuError> {
+    let started = Instant::now();
     backend.set_immediate_exit(true);
     let r = backend.run();
     backend.set_immediate_exit(false);
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let stats = vm.stats(vcpu);
+    bump(&stats.completions);
+    stats.completion_ns.fetch_add(ns, Ordering::Relaxed);
+    if let Some(t) = vm.exit_timing(vcpu) {
+        t.add_completion(ns);
+    }
     match r? {
         crate::vcpu::Exit::Interrupted => Ok(None),
         other => Ok(Some(other)),

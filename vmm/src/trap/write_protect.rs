@@ -117,7 +117,7 @@ pub fn on_mmio_write(
         // The guest's own write.
         if overlay {
             // A VMM-owned read-only page: #GP(0) at the writing instruction.
-            if let Some(other) = complete_pending(backend)? {
+            if let Some(other) = complete_pending(backend, vm, vcpu)? {
                 return handle_exit(other, vcpu, backend, vm);
             }
             backend.set_regs(&before)?;
@@ -131,7 +131,7 @@ pub fn on_mmio_write(
     // The hypercall. Complete the emulation without applying the patch (swallowing the rest
     // of it when the instruction crosses a page), then dispatch.
     for _ in 0..3 {
-        match complete_pending(backend)? {
+        match complete_pending(backend, vm, vcpu)? {
             None => {
                 let regs = backend.regs()?;
                 if regs.rip != before.rip {
