@@ -39,6 +39,8 @@ struct FakeVcpu {
     runs: usize,
     /// Exits the completion run produces before it returns EINTR.
     completion_exits: VecDeque<Exit>,
+    /// What `defers_mmio_write_completion` answers.
+    defers: bool,
 }
 
 impl FakeVcpu {
@@ -68,6 +70,7 @@ impl FakeVcpu {
             io: Vec::new(),
             runs: 0,
             completion_exits: VecDeque::new(),
+            defers: false,
         }
     }
 }
@@ -131,6 +134,9 @@ impl VcpuBackend for FakeVcpu {
     fn flush_tlb(&mut self) -> Result<(), VcpuError> {
         Ok(())
     }
+    fn defers_mmio_write_completion(&self) -> bool {
+        self.defers
+    }
 }
 
 struct FakeVm {
@@ -156,7 +162,12 @@ impl FakeVm {
             platform: RecordingPlatform::new(1),
             console: Console::new(ConsoleSink::Capture(Vec::new()), 1),
             ports: Ports::default(),
-            trap: TrapConfig { strategy, instruction, native: HypercallInstruction::Vmcall },
+            trap: TrapConfig {
+                strategy,
+                instruction,
+                native: HypercallInstruction::Vmcall,
+                defer_completion: true,
+            },
             stats: Stats::default(),
             original: None,
         }
@@ -431,4 +442,63 @@ fn unknown_ports_end_with_a_dump_and_msrs_route() {
         handle_exit(Exit::InternalError { suberror: 1, data: [0; 4], ndata: 0 }, 0, &mut v, &vm)
             .unwrap();
     assert!(matches!(a, Action::End(VmEnd::InternalError { .. })));
+}
+
+#[test]
+fn a_deferring_backend_is_answered_from_the_exit_without_a_completion_run() {
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::INC;
+    v.regs.rbx = 41;
+    let action = handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!(action, Action::Continue);
+    assert_eq!((v.regs.rax, v.regs.rip), (42, 0x10_0003));
+    assert_eq!(v.runs, 0, "the next ordinary run completes the emulation");
+    assert_eq!(vm.stats.completions.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(vm.stats.hypercalls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_deferring_backend_still_completes_before_an_injection() {
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::UD;
+    assert_eq!(handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap(), Action::Continue);
+    assert_eq!(v.runs, 1, "one completion run before KVM_SET_VCPU_EVENTS");
+    assert_eq!(v.injected, vec![Exception::InvalidOpcode]);
+    assert_eq!(v.regs.rip, 0x10_0000);
+    assert_eq!(vm.stats.completions.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_split_patch_or_the_eager_choice_completes_first() {
+    // The instruction crosses a page: the patch is two writes.
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0ffe, &HypercallInstruction::Vmmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rip = 0x10_0ffe;
+    v.regs.rax = crate::testing::calls::INC;
+    let mut first = [0u8; 8];
+    first[..2].copy_from_slice(&[0x0f, 0x01]);
+    let mut second = [0u8; 8];
+    second[0] = 0xc1;
+    v.completion_exits.push_back(Exit::MmioWrite { gpa: 0x10_1000, len: 1, data: second });
+    handle_exit(Exit::MmioWrite { gpa: 0x10_0ffe, len: 2, data: first }, 0, &mut v, &vm).unwrap();
+    assert_eq!(v.runs, 2);
+    assert_eq!((v.regs.rax, v.regs.rip), (1, 0x10_1001));
+
+    // RunOptions::eager_completion.
+    let mut vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.trap.defer_completion = false;
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::INC;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.runs, v.regs.rax, v.regs.rip), (1, 1, 0x10_0003));
 }

@@ -129,6 +129,10 @@ pub struct RunOptions {
     pub host: Option<HostReport>,
     /// Time every exit ([`RunReport::exit_timing`]): two clock reads per exit.
     pub exit_timing: bool,
+    /// Write-protect: complete KVM's pending emulation with a `KVM_RUN` of its own before
+    /// answering every call, as the trap first did ([`TrapConfig::defer_completion`] off).
+    /// For measurements only: it costs a `KVM_RUN` per call.
+    pub eager_completion: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -139,6 +143,7 @@ impl std::fmt::Debug for RunOptions {
             .field("dispatch", &self.dispatch.is_some())
             .field("timeout", &self.timeout)
             .field("exit_timing", &self.exit_timing)
+            .field("eager_completion", &self.eager_completion)
             .finish_non_exhaustive()
     }
 }
@@ -384,7 +389,12 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         vcpus: cfg.vm.vcpus,
         dispatch: dispatch.clone(),
         console: Console::new(sink, cfg.vm.vcpus),
-        trap: TrapConfig { strategy, instruction: cfg.host.instruction, native: facts.instruction },
+        trap: TrapConfig {
+            strategy,
+            instruction: cfg.host.instruction,
+            native: facts.instruction,
+            defer_completion: !options.eager_completion,
+        },
         tsc_khz,
         probe_sink,
         original: image.segments.iter().map(|s| (s.gpa, s.data.clone())).collect(),

@@ -68,6 +68,10 @@ pub struct TrapConfig {
     pub instruction: InstructionChoice,
     /// The host CPU's own instruction (what KVM patches calls to).
     pub native: HypercallInstruction,
+    /// Write-protect: answer a call straight from its MMIO exit and let the next `KVM_RUN`
+    /// finish KVM's pending emulation, instead of a completion `KVM_RUN` first (see
+    /// [`write_protect`]). On by default; off only to measure the difference.
+    pub defer_completion: bool,
 }
 
 impl TrapConfig {
@@ -207,15 +211,25 @@ pub fn serve(
     instruction: HypercallInstruction,
 ) -> Result<Action, VcpuError> {
     let mode = cpu_mode(sregs, regs.rflags);
+    let outcome = dispatch(vm, vcpu, &regs, sregs, instruction);
+    apply_outcome(backend, regs, mode, outcome)
+}
+
+/// The engine's answer to a trapped call (RIP on the instruction): the instruction the
+/// configuration does not accept is #UD, as on real hardware; anything else is dispatched.
+pub fn dispatch(
+    vm: &dyn VmServices,
+    vcpu: u32,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    instruction: HypercallInstruction,
+) -> Outcome {
     if !vm.trap().accepts(instruction) {
-        backend.set_regs(&regs)?;
-        backend.inject_exception(Exception::InvalidOpcode)?;
-        return Ok(Action::Continue);
+        return Outcome::inject(Exception::InvalidOpcode);
     }
     bump(&vm.stats(vcpu).hypercalls);
-    let snap = snapshot(vcpu, &regs, sregs, instruction);
-    let outcome = vm.dispatch().hypercall(&snap, vm.mem().ram(), vm.platform());
-    apply_outcome(backend, regs, mode, outcome)
+    let snap = snapshot(vcpu, regs, sregs, instruction);
+    vm.dispatch().hypercall(&snap, vm.mem().ram(), vm.platform())
 }
 
 /// Applies an outcome to a vCPU whose RIP is on the hypercall instruction.
