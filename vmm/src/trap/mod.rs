@@ -127,9 +127,14 @@ pub fn rip_gpa(vm: &dyn VmServices, regs: &kvm_regs, sregs: &kvm_sregs) -> Optio
     translate_linear(vm, sregs, rip_linear(regs, sregs))
 }
 
+/// The registers a page walk needs.
+pub fn paging_regs(sregs: &kvm_sregs) -> PagingRegs {
+    PagingRegs { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer }
+}
+
 /// A guest linear address through the vCPU's paging, read from guest memory.
 pub fn translate_linear(vm: &dyn VmServices, sregs: &kvm_sregs, linear: u64) -> Option<u64> {
-    let pr = PagingRegs { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
+    let pr = paging_regs(sregs);
     let mem = vm.mem();
     let read8 = |gpa: u64| {
         let mut b = [0u8; 8];
@@ -229,7 +234,9 @@ pub fn dispatch(
     }
     bump(&vm.stats(vcpu).hypercalls);
     let snap = snapshot(vcpu, regs, sregs, instruction);
-    vm.dispatch().hypercall(&snap, vm.mem().ram(), vm.platform())
+    crate::platform::with_caller(vcpu, paging_regs(sregs), snap.cpl, || {
+        vm.dispatch().hypercall(&snap, vm.mem().ram(), vm.platform())
+    })
 }
 
 /// Applies an outcome to a vCPU whose RIP is on the hypercall instruction.
