@@ -23,6 +23,8 @@ use polyvisor_core::GuestMemoryMmap;
 pub const PAGE: u64 = 0x1000;
 /// At most this many overlays exist at once.
 pub const MAX_OVERLAYS: usize = 64;
+// `GuestMem::overlay_used` has one bit per overlay.
+const _: () = assert!(MAX_OVERLAYS <= 64);
 
 /// Why a layout could not be made or applied.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,9 @@ pub struct GuestMem {
     overlay_host: u64,
     /// GPA + 1 of each overlay index that is mapped (0: free).
     overlay_gpas: Box<[AtomicU64]>,
+    /// Bit i: overlay index i may be mapped (set before its GPA is published, cleared after
+    /// it is withdrawn), so lookups on the exit path only look at those.
+    overlay_used: AtomicU64,
 }
 
 impl std::fmt::Debug for GuestMem {
@@ -196,6 +201,7 @@ impl GuestMem {
             overlay_mem,
             overlay_host,
             overlay_gpas: (0..MAX_OVERLAYS).map(|_| AtomicU64::new(0)).collect(),
+            overlay_used: AtomicU64::new(0),
         })
     }
 
@@ -211,8 +217,16 @@ impl GuestMem {
 
     /// The overlay index mapped at the page of `gpa`, if any.
     pub fn overlay_at(&self, gpa: u64) -> Option<usize> {
-        let page = gpa & !(PAGE - 1);
-        self.overlay_gpas.iter().position(|g| g.load(Ordering::Acquire) == page.wrapping_add(1))
+        let want = (gpa & !(PAGE - 1)).wrapping_add(1);
+        let mut used = self.overlay_used.load(Ordering::Acquire);
+        while used != 0 {
+            let i = used.trailing_zeros() as usize;
+            used &= used - 1;
+            if self.overlay_gpas.get(i).is_some_and(|g| g.load(Ordering::Acquire) == want) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Whether `gpa` is guest RAM.
@@ -328,6 +342,7 @@ impl Layout {
                     if let Some(g) = mem.overlay_gpas.get(i) {
                         g.store(0, Ordering::Release);
                     }
+                    mem.overlay_used.fetch_and(!(1u64 << i), Ordering::AcqRel);
                 }
                 Ok(())
             }
@@ -373,6 +388,7 @@ impl Layout {
                 mem.overlay_mem
                     .write_slice(&page, GuestAddress(index as u64 * PAGE))
                     .map_err(|e| err(e.to_string()))?;
+                mem.overlay_used.fetch_or(1u64 << index, Ordering::AcqRel);
                 g.store(gpa + 1, Ordering::Release);
                 Ok(())
             }

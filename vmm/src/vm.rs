@@ -144,6 +144,8 @@ pub struct VmShared {
     pub(crate) tsc_offset: AtomicI64,
     pub(crate) tsc_khz: Option<u64>,
     pub(crate) probe_sink: Mutex<ProbeSink>,
+    /// The probe sink is the log (it never changes after the VM is built).
+    pub(crate) probe_to_log: bool,
     /// The kernel's segments as loaded (GPA, file bytes), to undo KVM's patching.
     original: Vec<(u64, Vec<u8>)>,
     /// When vCPU 0 first entered `KVM_RUN`.
@@ -211,6 +213,7 @@ impl VmShared {
             start: Instant::now(),
             tsc_offset: AtomicI64::new(0),
             tsc_khz: p.tsc_khz,
+            probe_to_log: matches!(p.probe_sink, ProbeSink::Log),
             probe_sink: Mutex::new(p.probe_sink),
             original: p.original,
             first_entry: OnceLock::new(),

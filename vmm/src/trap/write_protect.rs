@@ -81,6 +81,13 @@ fn instruction_at_rip(
         }
     }
     let mut bytes = [0u8; 3];
+    if gpas == [first, first + 1, first + 2] && first & 0xfff <= 0xffd {
+        // Within one page: one read.
+        if !vm.mem().read_visible(first, &mut bytes) {
+            return None;
+        }
+        return Some((gpas, bytes));
+    }
     for (b, g) in bytes.iter_mut().zip(gpas) {
         let mut one = [0u8; 1];
         if !vm.mem().read_visible(g, &mut one) {
