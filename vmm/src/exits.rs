@@ -42,6 +42,9 @@ pub struct Stats {
     pub completions: AtomicU64,
     /// Nanoseconds spent in those completion runs.
     pub completion_ns: AtomicU64,
+    /// Calls resumed at the return address on the stack: the VMM performed the `ret` that
+    /// followed the call instruction (hypercall pages; `trap::page_return`).
+    pub page_returns: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], summed over vCPUs in reports.
@@ -69,6 +72,8 @@ pub struct StatsSnapshot {
     pub completions: u64,
     /// Nanoseconds spent in completion runs.
     pub completion_ns: u64,
+    /// Calls resumed at their return address.
+    pub page_returns: u64,
 }
 
 impl Stats {
@@ -86,6 +91,7 @@ impl Stats {
         total.kicks += l(&self.kicks);
         total.completions += l(&self.completions);
         total.completion_ns += l(&self.completion_ns);
+        total.page_returns += l(&self.page_returns);
     }
 }
 

@@ -502,3 +502,41 @@ fn a_split_patch_or_the_eager_choice_completes_first() {
     handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
     assert_eq!((v.runs, v.regs.rax, v.regs.rip), (1, 1, 0x10_0003));
 }
+
+#[test]
+fn the_vmm_performs_the_ret_that_follows_a_call_in_a_page() {
+    // 32-bit flat, paging off: `vmcall; ret` at 0x10_0000, the return address on the stack.
+    let setup = |tail: u8| {
+        let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+        let mut code = HypercallInstruction::Vmcall.bytes().to_vec();
+        code.push(tail);
+        vm.code(0x10_0000, &code);
+        vm.mem.ram().write_obj(0x10_2468u32, GuestAddress(0x8000)).unwrap();
+        let mut v = FakeVcpu::new();
+        v.regs.rax = crate::testing::calls::INC;
+        v.regs.rsp = 0x8000;
+        (vm, v)
+    };
+    let (vm, mut v) = setup(0xc3);
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rax, v.regs.rip, v.regs.rsp), (1, 0x10_2468, 0x8004));
+    assert_eq!(vm.stats.page_returns.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Not a ret after the call: the guest goes on after the instruction.
+    let (vm, mut v) = setup(0x90);
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0003, 0x8000));
+
+    // Single-stepping: the guest runs its ret itself.
+    let (vm, mut v) = setup(0xc3);
+    v.regs.rflags |= 1 << 8;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0003, 0x8000));
+
+    // A retried call stays on its instruction.
+    let (vm, mut v) = setup(0xc3);
+    v.regs.rax = crate::testing::calls::RETRY;
+    v.regs.rbx = 2;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0000, 0x8000));
+}

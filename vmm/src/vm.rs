@@ -764,4 +764,5 @@ static FALLBACK_STATS: Stats = Stats {
     kicks: AtomicU64::new(0),
     completions: AtomicU64::new(0),
     completion_ns: AtomicU64::new(0),
+    page_returns: AtomicU64::new(0),
 };

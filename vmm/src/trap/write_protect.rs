@@ -40,7 +40,8 @@ use crate::exits::{bump, handle_exit, Action, VmServices};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use crate::trap::{
-    apply_outcome, complete_pending, dispatch, rip_gpa, rip_linear, serve, translate_linear,
+    apply_outcome, complete_pending, dispatch, page_return, rip_gpa, rip_linear, serve,
+    translate_linear,
 };
 use crate::vcpu::{Exit, VcpuBackend, VcpuError};
 
@@ -151,7 +152,7 @@ pub fn on_mmio_write(
     // answer now: one KVM_RUN per call instead of two.
     let single = len == 3 && at_rip.is_some_and(|(gpas, _)| gpas == [gpa, gpa + 1, gpa + 2]);
     if single && vm.trap().defer_completion && backend.defers_mmio_write_completion() {
-        return serve_deferred(vm, backend, vcpu, before, &sregs, insn);
+        return serve_deferred(vm, backend, vcpu, before, &sregs, insn, gpa);
     }
     // Otherwise complete the emulation without applying the patch (swallowing the rest of it
     // when the instruction crosses a page), then dispatch.
@@ -195,17 +196,22 @@ fn serve_deferred(
     regs: kvm_regs,
     sregs: &kvm_sregs,
     insn: HypercallInstruction,
+    insn_gpa: u64,
 ) -> Result<Action, VcpuError> {
     let mode = crate::trap::cpu_mode(sregs, regs.rflags);
     let outcome = dispatch(vm, vcpu, &regs, sregs, insn);
     if matches!(outcome.next, Next::Inject(_)) {
         if let Some(other) = complete_pending(backend, vm, vcpu)? {
             // Not expected for a single write; answer the call, then handle what came.
-            apply_outcome(backend, regs, mode, outcome)?;
+            apply_outcome(backend, regs, mode, outcome, None)?;
             return handle_exit(other, vcpu, backend, vm);
         }
     }
-    apply_outcome(backend, regs, mode, outcome)
+    let ret = page_return(vm, &regs, sregs, &outcome, Some(insn_gpa));
+    if ret.is_some() {
+        bump(&vm.stats(vcpu).page_returns);
+    }
+    apply_outcome(backend, regs, mode, outcome, ret)
 }
 
 /// The watchdog kicked this vCPU because it stopped exiting: if it is spinning on a
