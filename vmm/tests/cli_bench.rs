@@ -103,6 +103,10 @@ fn bench_prints_json_with_every_field() {
         for k in ["one_vcpu_per_sec", "two_vcpus_per_sec", "scaling"] {
             number(m, &format!("throughput.{kind}.{k}"));
         }
+        for k in ["one_vcpu_rounds", "two_vcpus_rounds"] {
+            let rounds = at(m, &format!("throughput.{kind}.{k}")).as_array().unwrap();
+            assert_eq!(rounds.len(), 3, "{kind}.{k}");
+        }
     }
     for k in [
         "host_check_ms",

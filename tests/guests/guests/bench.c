@@ -12,6 +12,7 @@
  *   tput=N                      throughput: every online vCPU makes N of the cheapest calls
  *                               at once; 0 (default) skips it
  *   cpus=N                      the vCPUs the throughput phase waits for (default 1)
+ *   rounds=R                    throughput phases repeated R times (default 1, at most 9)
  *   insn=vmcall|vmmcall         the instruction for direct calls (default by CPU vendor)
  *
  * Latency phase: per iteration, one port write to the COM1 scratch register (a port exit
@@ -36,8 +37,9 @@
  * instructions (rt_start_tsc) as
  *   bench64: tsc_main=T tsc_start=S ...
  * Throughput phase: every online vCPU at once runs an empty loop (16 iterations per call,
- * no exits), then tput=N port writes, then N cheapest calls, each timed by the BSP:
- *   bench64: tput kind=spin|port_io|hypercall vcpus=V ops=TOTAL cycles=C
+ * no exits), then tput=N port writes, then N cheapest calls, each timed by the BSP, all of
+ * it `rounds` times:
+ *   bench64: tput kind=spin|port_io|hypercall vcpus=V round=I ops=TOTAL cycles=C
  * Exit status 0, or 1 when a call gave a wrong answer (the line says which).
  */
 #include "guest.h"
@@ -396,10 +398,11 @@ static void spin_loop(u64 n)
 }
 
 /* The throughput phases, run by every vCPU at once: 1 = spin (no exits), 2 = port I/O
- * exits, 3 = the cheapest hypercall. */
+ * exits, 3 = the cheapest hypercall; `rounds=R` times over (steps 1..R*PHASES). */
 #define PHASES 3
+#define MAX_ROUNDS 9
 static const char *const phase_name[PHASES + 1] = {"", "spin", "port_io", "hypercall"};
-static volatile u32 tput_phase, tput_done[PHASES + 1];
+static volatile u32 tput_step, tput_steps, tput_done[MAX_ROUNDS * PHASES + 1];
 static u64 tput_calls;
 
 /* Spin iterations per call: about as long as a call on hosts that emulate the guest. */
@@ -418,11 +421,13 @@ static void run_phase(u32 k)
 void guest_ap_main(unsigned vcpu)
 {
     (void)vcpu;
-    for (u32 k = 1; k <= PHASES; k++) {
-        while (__atomic_load_n(&tput_phase, __ATOMIC_ACQUIRE) < k)
+    for (u32 step = 1;; step++) {
+        while (__atomic_load_n(&tput_step, __ATOMIC_ACQUIRE) < step)
             pause();
-        run_phase(k);
-        __atomic_fetch_add(&tput_done[k], 1, __ATOMIC_ACQ_REL);
+        if (step > tput_steps)
+            break;
+        run_phase((step - 1) % PHASES + 1);
+        __atomic_fetch_add(&tput_done[step], 1, __ATOMIC_ACQ_REL);
     }
     for (;;)
         sti_hlt();
@@ -438,17 +443,25 @@ static int throughput(void)
         SAY("error: %u of %u vCPUs came online\n", aps + 1, want);
         return 1;
     }
-    for (u32 k = 1; k <= PHASES; k++) {
+    u64 rounds = cmdline_get_u64("rounds", 1);
+    if (rounds < 1)
+        rounds = 1;
+    if (rounds > MAX_ROUNDS)
+        rounds = MAX_ROUNDS;
+    tput_steps = (u32)rounds * PHASES; /* published by the release of the first step */
+    for (u32 step = 1; step <= tput_steps; step++) {
+        u32 k = (step - 1) % PHASES + 1;
         u64 t0 = tsc();
-        __atomic_store_n(&tput_phase, k, __ATOMIC_RELEASE);
+        __atomic_store_n(&tput_step, step, __ATOMIC_RELEASE);
         run_phase(k);
-        while (__atomic_load_n(&tput_done[k], __ATOMIC_ACQUIRE) < aps)
+        while (__atomic_load_n(&tput_done[step], __ATOMIC_ACQUIRE) < aps)
             pause();
         u64 t1 = tsc();
         u64 ops = tput_calls * (k == 1 ? SPINS_PER_CALL : 1) * (aps + 1);
-        SAY("tput kind=%s vcpus=%u ops=%llu cycles=%llu\n", phase_name[k], aps + 1,
-            (unsigned long long)ops, (unsigned long long)(t1 - t0));
+        SAY("tput kind=%s vcpus=%u round=%u ops=%llu cycles=%llu\n", phase_name[k], aps + 1,
+            (step - 1) / PHASES + 1, (unsigned long long)ops, (unsigned long long)(t1 - t0));
     }
+    __atomic_store_n(&tput_step, tput_steps + 1, __ATOMIC_RELEASE); /* the APs stop */
     return 0;
 }
 

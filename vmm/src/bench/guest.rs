@@ -12,8 +12,8 @@ use super::{ratio, BenchError, RoundTrip, GUEST};
 pub struct Parsed {
     /// Round trips in the guest's order (floor first).
     pub round_trips: Vec<RoundTrip>,
-    /// Operations per second by (kind, vCPU count).
-    pub throughput: BTreeMap<(String, u32), f64>,
+    /// Operations per second by (kind, vCPU count), one per round.
+    pub throughput: BTreeMap<(String, u32), Vec<f64>>,
     /// The guest TSC at the start of `guest_main`.
     pub tsc_main: Option<u64>,
     /// The guest TSC at the image's first instructions.
@@ -82,7 +82,7 @@ pub fn parse_console(
                 let kind = f.get("kind").copied().unwrap_or("?").to_string();
                 let vcpus = num("vcpus")? as u32;
                 let secs = num("cycles")? / (tsc_khz as f64 * 1e3);
-                out.throughput.insert((kind, vcpus), ratio(num("ops")?, secs));
+                out.throughput.entry((kind, vcpus)).or_default().push(ratio(num("ops")?, secs));
             }
             _ => {}
         }
@@ -107,7 +107,7 @@ mod tests {
             bench64: answer name=kvm_vapic_poll_irq value=0x0 ok=1\n\
             bench64: sample name=port_io n=10 min=1000 p50=2000 p90=3000 p99=4000 max=5000 mean=2100\n\
             bench64: sample name=kvm_vapic_poll_irq n=10 min=1100 p50=2200 p90=3300 p99=4400 max=5500 mean=2300\n\
-            bench64: tput kind=hypercall vcpus=1 ops=1000 cycles=1000000000\n";
+            bench64: tput kind=hypercall vcpus=1 round=1 ops=1000 cycles=1000000000\n";
         let p = parse_console(HypervisorMode::Kvm, console, 1_000_000, &calls(HypervisorMode::Kvm))
             .unwrap();
         assert_eq!(p.round_trips.len(), 2);
@@ -115,7 +115,7 @@ mod tests {
         assert!((p.round_trips[1].median_vs_floor - 1.1).abs() < 1e-9);
         assert!((p.round_trips[1].p99_vs_floor - 1.1).abs() < 1e-9);
         assert_eq!(p.round_trips[1].what, "KVM_HC_VAPIC_POLL_IRQ (rax=1)");
-        assert_eq!(p.throughput.get(&("hypercall".to_string(), 1)), Some(&1000.0));
+        assert_eq!(p.throughput.get(&("hypercall".to_string(), 1)), Some(&vec![1000.0]));
     }
 
     #[test]

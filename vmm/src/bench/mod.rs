@@ -50,6 +50,9 @@ pub use report::*;
 /// The guest image.
 pub const GUEST: &str = "bench64";
 
+/// How many times the throughput phases run in each VM (the medians are reported).
+pub const THROUGHPUT_ROUNDS: u32 = 3;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -275,7 +278,7 @@ fn bench_mode(
         "{mode}: {n} round trips of each call and of port I/O, {t} calls on one vCPU"
     ));
     // The first VM of the mode runs as `polyvisor run` does: run() probes the host itself.
-    let cmdline = format!("mode={mode} n={n} tput={t} cpus=1");
+    let cmdline = format!("mode={mode} n={n} tput={t} cpus=1 rounds={THROUGHPUT_ROUNDS}");
     let main = run_vm(
         mode,
         &vm_config(mode, 1, cmdline, host),
@@ -306,7 +309,7 @@ fn bench_mode(
     }
 
     progress(&format!("{mode}: {t} calls on each of two vCPUs"));
-    let cmdline = format!("mode={mode} n=0 tput={t} cpus=2");
+    let cmdline = format!("mode={mode} n=0 tput={t} cpus=2 rounds={THROUGHPUT_ROUNDS}");
     let smp = run_vm(
         mode,
         &vm_config(mode, 2, cmdline, host),
@@ -319,11 +322,19 @@ fn bench_mode(
     )?;
     let two = parse_console(mode, &smp.console, tsc_khz, &names)?.throughput;
     let rate = |kind: &str| -> Result<Rate, BenchError> {
-        let get =
-            |map: &BTreeMap<(String, u32), f64>, n: u32| map.get(&(kind.to_string(), n)).copied();
+        let get = |map: &BTreeMap<(String, u32), Vec<f64>>, n: u32| {
+            map.get(&(kind.to_string(), n)).filter(|v| !v.is_empty()).cloned()
+        };
         match (get(&parsed.throughput, 1), get(&two, 2)) {
-            (Some(one), Some(two)) => {
-                Ok(Rate { one_vcpu_per_sec: one, two_vcpus_per_sec: two, scaling: ratio(two, one) })
+            (Some(one_rounds), Some(two_rounds)) => {
+                let (one, two) = (median(&one_rounds), median(&two_rounds));
+                Ok(Rate {
+                    one_vcpu_per_sec: one,
+                    two_vcpus_per_sec: two,
+                    scaling: ratio(two, one),
+                    one_vcpu_rounds: one_rounds,
+                    two_vcpus_rounds: two_rounds,
+                })
             }
             _ => Err(BenchError::Guest {
                 mode,
@@ -384,10 +395,35 @@ fn vmm_time(r: &RunReport) -> VmmTime {
     }
 }
 
+/// The median of some values (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match (v.get(n / 2), n % 2) {
+        (Some(m), 1) => *m,
+        (Some(hi), _) => v.get(n / 2 - 1).map_or(*hi, |lo| (lo + hi) / 2.0),
+        (None, _) => f64::NAN,
+    }
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b == 0.0 {
         0.0
     } else {
         a / b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
     }
 }

@@ -132,12 +132,16 @@ pub struct DispatchCost {
 /// Operations per second with one vCPU and with two.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rate {
-    /// One vCPU, per second.
+    /// One vCPU, per second (median of the rounds).
     pub one_vcpu_per_sec: f64,
-    /// Two vCPUs together, per second.
+    /// Two vCPUs together, per second (median of the rounds).
     pub two_vcpus_per_sec: f64,
     /// Two over one.
     pub scaling: f64,
+    /// Each round's rate with one vCPU.
+    pub one_vcpu_rounds: Vec<f64>,
+    /// Each round's rate with two vCPUs.
+    pub two_vcpus_rounds: Vec<f64>,
 }
 
 /// Throughput of every vCPU working at once, with one vCPU and with two.
@@ -334,8 +338,9 @@ impl std::fmt::Display for BenchReport {
                 write_trip(f, r, "")?;
             }
             let names = calls(m.mode);
-            for r in m.eager_round_trips.iter().filter(|r| names.iter().any(|(n, _)| *n == r.name))
-            {
+            let shown =
+                |r: &&RoundTrip| r.name == "port_io" || names.iter().any(|(n, _)| *n == r.name);
+            for r in m.eager_round_trips.iter().filter(shown) {
                 write_trip(f, r, " [eager]")?;
             }
         }
@@ -391,7 +396,11 @@ impl std::fmt::Display for BenchReport {
             }
         }
         writeln!(f)?;
-        writeln!(f, "throughput, all vCPUs at once         1 vCPU        2 vCPUs      2/1")?;
+        writeln!(
+            f,
+            "throughput, all vCPUs at once         1 vCPU        2 vCPUs      2/1   (median of {} rounds)",
+            super::THROUGHPUT_ROUNDS
+        )?;
         for m in &self.modes {
             let t = &m.throughput;
             let (c1, c2) = (&t.one_vcpu_run_cpu, &t.two_vcpu_run_cpu);
