@@ -70,7 +70,7 @@ fn bench_prints_json_with_every_field() {
             for k in ["min_ns", "median_ns", "p90_ns", "p99_ns", "max_ns", "mean_ns"] {
                 number(t, k);
             }
-            for k in ["median_vs_floor", "p99_vs_floor"] {
+            for k in ["median_vs_floor", "p99_vs_floor", "net_median_vs_floor"] {
                 number(t, k);
             }
         }
