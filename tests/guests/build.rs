@@ -105,6 +105,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "xen_abi_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi64", flavour: Flavour::Elf64, sources: &["guests/xen_abi.c"] },
+    Guest { name: "bench64", flavour: Flavour::Elf64, sources: &["guests/bench.c"] },
 ];
 
 /// Runtime C files linked into every guest.

@@ -37,6 +37,14 @@ pub struct Stats {
     pub interrupts: AtomicU64,
     /// Kicks (EINTR) seen.
     pub kicks: AtomicU64,
+    /// Completion runs: `KVM_RUN` with `immediate_exit` to finish a pending emulation before
+    /// the VMM answers (see `trap::complete_pending`).
+    pub completions: AtomicU64,
+    /// Nanoseconds spent in those completion runs.
+    pub completion_ns: AtomicU64,
+    /// Calls resumed at the return address on the stack: the VMM performed the `ret` that
+    /// followed the call instruction (hypercall pages; `trap::page_return`).
+    pub page_returns: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], summed over vCPUs in reports.
@@ -60,6 +68,12 @@ pub struct StatsSnapshot {
     pub interrupts: u64,
     /// Kicks seen.
     pub kicks: u64,
+    /// Completion runs.
+    pub completions: u64,
+    /// Nanoseconds spent in completion runs.
+    pub completion_ns: u64,
+    /// Calls resumed at their return address.
+    pub page_returns: u64,
 }
 
 impl Stats {
@@ -75,6 +89,185 @@ impl Stats {
         total.lazy_protects += l(&self.lazy_protects);
         total.interrupts += l(&self.interrupts);
         total.kicks += l(&self.kicks);
+        total.completions += l(&self.completions);
+        total.completion_ns += l(&self.completion_ns);
+        total.page_returns += l(&self.page_returns);
+    }
+}
+
+/// Width of a [`Histogram`] bucket.
+pub const BUCKET_NS: u64 = 100;
+/// Buckets of a [`Histogram`]: 0 to 102.4 us; the last one also holds everything longer.
+pub const BUCKETS: usize = 1024;
+
+/// Durations in 100 ns buckets (relaxed atomics: one vCPU writes, reports read).
+#[derive(Debug)]
+pub struct Histogram {
+    counts: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn record(&self, ns: u64) {
+        let i = usize::try_from(ns / BUCKET_NS).unwrap_or(usize::MAX).min(BUCKETS - 1);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn add_to(&self, counts: &mut [u64], sum: &mut u64) {
+        for (t, c) in counts.iter_mut().zip(self.counts.iter()) {
+            *t += c.load(Ordering::Relaxed);
+        }
+        *sum += self.sum_ns.load(Ordering::Relaxed);
+    }
+}
+
+/// Summary of a [`Histogram`] (percentiles are bucket midpoints: +-50 ns).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct TimeStats {
+    /// Durations counted.
+    pub count: u64,
+    /// Mean, ns.
+    pub mean_ns: f64,
+    /// Median, ns.
+    pub median_ns: f64,
+    /// 99th percentile, ns (102,400 or more means "off the scale").
+    pub p99_ns: f64,
+}
+
+impl TimeStats {
+    fn from_counts(counts: &[u64], sum_ns: u64) -> Self {
+        let count: u64 = counts.iter().sum();
+        let pct = |p: u64| {
+            let rank = (p * count).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return (i as u64 * BUCKET_NS) as f64 + BUCKET_NS as f64 / 2.0;
+                }
+            }
+            f64::NAN
+        };
+        if count == 0 {
+            return TimeStats::default();
+        }
+        TimeStats {
+            count,
+            mean_ns: sum_ns as f64 / count as f64,
+            median_ns: pct(50),
+            p99_ns: pct(99),
+        }
+    }
+}
+
+/// What kind of exit a timed exit was, for [`ExitTiming`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Port I/O.
+    Io,
+    /// An exit that dispatched a hypercall.
+    Hypercall,
+    /// Anything else.
+    Other,
+}
+
+impl ExitKind {
+    fn slot(self) -> usize {
+        match self {
+            ExitKind::Io => 0,
+            ExitKind::Hypercall => 1,
+            ExitKind::Other => 2,
+        }
+    }
+}
+
+/// Where one vCPU's time went, per exit kind, with `RunOptions::exit_timing` (two clock
+/// reads per exit): the `KVM_RUN` that ended in the exit, and the user-space time from the
+/// exit to the next `KVM_RUN`; plus every completion run.
+#[derive(Debug, Default)]
+pub struct ExitTiming {
+    run: [Histogram; 3],
+    user: [Histogram; 3],
+    completion: Histogram,
+}
+
+/// Time spent on exits of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct ExitTimes {
+    /// Inside the `KVM_RUN` calls that ended in these exits (guest time since the previous
+    /// exit, the exit itself and the entry before it).
+    pub kvm_run: TimeStats,
+    /// In user space from each such exit to the next `KVM_RUN` (handling, completion runs,
+    /// interrupt delivery).
+    pub user: TimeStats,
+}
+
+/// [`ExitTiming`] summed over vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct ExitTimingSnapshot {
+    /// Port I/O exits.
+    pub io: ExitTimes,
+    /// Exits that dispatched a hypercall.
+    pub hypercall: ExitTimes,
+    /// Other exits.
+    pub other: ExitTimes,
+    /// Completion runs (`KVM_RUN` with `immediate_exit`).
+    pub completion: TimeStats,
+}
+
+impl ExitTiming {
+    /// Counts an exit of `kind` whose `KVM_RUN` took `ns`.
+    pub fn add_run(&self, kind: ExitKind, ns: u64) {
+        if let Some(h) = self.run.get(kind.slot()) {
+            h.record(ns);
+        }
+    }
+
+    /// Counts the user-space time after an exit of `kind`.
+    pub fn add_user(&self, kind: ExitKind, ns: u64) {
+        if let Some(h) = self.user.get(kind.slot()) {
+            h.record(ns);
+        }
+    }
+
+    /// Counts a completion run.
+    pub fn add_completion(&self, ns: u64) {
+        self.completion.record(ns);
+    }
+
+    /// Sums the timings of several vCPUs.
+    pub fn summarise<'a>(all: impl Iterator<Item = &'a ExitTiming> + Clone) -> ExitTimingSnapshot {
+        let stats = |pick: &dyn Fn(&'a ExitTiming) -> Option<&'a Histogram>| {
+            let mut counts = vec![0u64; BUCKETS];
+            let mut sum = 0;
+            for h in all.clone().filter_map(pick) {
+                h.add_to(&mut counts, &mut sum);
+            }
+            TimeStats::from_counts(&counts, sum)
+        };
+        let times = |kind: ExitKind| ExitTimes {
+            kvm_run: stats(&|t| t.run.get(kind.slot())),
+            user: stats(&|t| t.user.get(kind.slot())),
+        };
+        ExitTimingSnapshot {
+            io: times(ExitKind::Io),
+            hypercall: times(ExitKind::Hypercall),
+            other: times(ExitKind::Other),
+            completion: stats(&|t| Some(&t.completion)),
+        }
     }
 }
 
@@ -115,6 +308,10 @@ pub trait VmServices: Sync {
     fn protect_page_now(&self, vcpu: u32, gpa: u64) -> Result<bool, String>;
     /// The bytes the kernel image had at `gpa`, if it is inside a loaded segment.
     fn original_bytes(&self, gpa: u64) -> Option<[u8; 3]>;
+    /// vCPU `vcpu`'s exit timing, when the run times exits.
+    fn exit_timing(&self, _vcpu: u32) -> Option<&ExitTiming> {
+        None
+    }
 }
 
 /// Handles one exit of vCPU `vcpu`.

@@ -39,6 +39,8 @@ struct FakeVcpu {
     runs: usize,
     /// Exits the completion run produces before it returns EINTR.
     completion_exits: VecDeque<Exit>,
+    /// What `defers_mmio_write_completion` answers.
+    defers: bool,
 }
 
 impl FakeVcpu {
@@ -68,6 +70,7 @@ impl FakeVcpu {
             io: Vec::new(),
             runs: 0,
             completion_exits: VecDeque::new(),
+            defers: false,
         }
     }
 }
@@ -131,6 +134,9 @@ impl VcpuBackend for FakeVcpu {
     fn flush_tlb(&mut self) -> Result<(), VcpuError> {
         Ok(())
     }
+    fn defers_mmio_write_completion(&self) -> bool {
+        self.defers
+    }
 }
 
 struct FakeVm {
@@ -156,7 +162,12 @@ impl FakeVm {
             platform: RecordingPlatform::new(1),
             console: Console::new(ConsoleSink::Capture(Vec::new()), 1),
             ports: Ports::default(),
-            trap: TrapConfig { strategy, instruction, native: HypercallInstruction::Vmcall },
+            trap: TrapConfig {
+                strategy,
+                instruction,
+                native: HypercallInstruction::Vmcall,
+                defer_completion: true,
+            },
             stats: Stats::default(),
             original: None,
         }
@@ -431,4 +442,101 @@ fn unknown_ports_end_with_a_dump_and_msrs_route() {
         handle_exit(Exit::InternalError { suberror: 1, data: [0; 4], ndata: 0 }, 0, &mut v, &vm)
             .unwrap();
     assert!(matches!(a, Action::End(VmEnd::InternalError { .. })));
+}
+
+#[test]
+fn a_deferring_backend_is_answered_from_the_exit_without_a_completion_run() {
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::INC;
+    v.regs.rbx = 41;
+    let action = handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!(action, Action::Continue);
+    assert_eq!((v.regs.rax, v.regs.rip), (42, 0x10_0003));
+    assert_eq!(v.runs, 0, "the next ordinary run completes the emulation");
+    assert_eq!(vm.stats.completions.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(vm.stats.hypercalls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_deferring_backend_still_completes_before_an_injection() {
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::UD;
+    assert_eq!(handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap(), Action::Continue);
+    assert_eq!(v.runs, 1, "one completion run before KVM_SET_VCPU_EVENTS");
+    assert_eq!(v.injected, vec![Exception::InvalidOpcode]);
+    assert_eq!(v.regs.rip, 0x10_0000);
+    assert_eq!(vm.stats.completions.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_split_patch_or_the_eager_choice_completes_first() {
+    // The instruction crosses a page: the patch is two writes.
+    let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.code(0x10_0ffe, &HypercallInstruction::Vmmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rip = 0x10_0ffe;
+    v.regs.rax = crate::testing::calls::INC;
+    let mut first = [0u8; 8];
+    first[..2].copy_from_slice(&[0x0f, 0x01]);
+    let mut second = [0u8; 8];
+    second[0] = 0xc1;
+    v.completion_exits.push_back(Exit::MmioWrite { gpa: 0x10_1000, len: 1, data: second });
+    handle_exit(Exit::MmioWrite { gpa: 0x10_0ffe, len: 2, data: first }, 0, &mut v, &vm).unwrap();
+    assert_eq!(v.runs, 2);
+    assert_eq!((v.regs.rax, v.regs.rip), (1, 0x10_1001));
+
+    // RunOptions::eager_completion.
+    let mut vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+    vm.trap.defer_completion = false;
+    vm.code(0x10_0000, &HypercallInstruction::Vmcall.bytes());
+    let mut v = FakeVcpu::new();
+    v.defers = true;
+    v.regs.rax = crate::testing::calls::INC;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.runs, v.regs.rax, v.regs.rip), (1, 1, 0x10_0003));
+}
+
+#[test]
+fn the_vmm_performs_the_ret_that_follows_a_call_in_a_page() {
+    // 32-bit flat, paging off: `vmcall; ret` at 0x10_0000, the return address on the stack.
+    let setup = |tail: u8| {
+        let vm = FakeVm::new(TrapStrategy::WriteProtect, InstructionChoice::Auto);
+        let mut code = HypercallInstruction::Vmcall.bytes().to_vec();
+        code.push(tail);
+        vm.code(0x10_0000, &code);
+        vm.mem.ram().write_obj(0x10_2468u32, GuestAddress(0x8000)).unwrap();
+        let mut v = FakeVcpu::new();
+        v.regs.rax = crate::testing::calls::INC;
+        v.regs.rsp = 0x8000;
+        (vm, v)
+    };
+    let (vm, mut v) = setup(0xc3);
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rax, v.regs.rip, v.regs.rsp), (1, 0x10_2468, 0x8004));
+    assert_eq!(vm.stats.page_returns.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Not a ret after the call: the guest goes on after the instruction.
+    let (vm, mut v) = setup(0x90);
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0003, 0x8000));
+
+    // Single-stepping: the guest runs its ret itself.
+    let (vm, mut v) = setup(0xc3);
+    v.regs.rflags |= 1 << 8;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0003, 0x8000));
+
+    // A retried call stays on its instruction.
+    let (vm, mut v) = setup(0xc3);
+    v.regs.rax = crate::testing::calls::RETRY;
+    v.regs.rbx = 2;
+    handle_exit(patch_write(0x10_0000), 0, &mut v, &vm).unwrap();
+    assert_eq!((v.regs.rip, v.regs.rsp), (0x10_0000, 0x8000));
 }

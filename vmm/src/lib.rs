@@ -6,6 +6,8 @@
 //!
 //! - [`run()`]: boot a configured VM and run it to its end ([`RunOptions`], [`RunReport`]);
 //! - [`host_check`]: what this host's KVM offers ([`HostReport`], printable);
+//! - [`bench::run_bench`]: hypercall round trips against the port-I/O floor and the other
+//!   numbers of `polyvisor bench` (`docs/performance.md`);
 //! - [`parse_kernel`]: the pure, bounds-checked ELF reader (a fuzz target).
 //!
 //! See `docs/host-support.md` for the strategies, the host facts behind them, the boot
@@ -21,6 +23,7 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+pub mod bench;
 pub mod boot;
 pub mod cpuid;
 pub mod debug_channel;
@@ -42,5 +45,5 @@ pub mod vm;
 pub use end::VmEnd;
 pub use host::{host_check, HostReport};
 pub use loader::{parse_kernel, KernelImage, LoadError};
-pub use run::{run, BootKind, RunOptions, RunReport, VmmError};
+pub use run::{run, BootKind, RunOptions, RunReport, Startup, VmmError};
 pub use trap::TrapStrategy;

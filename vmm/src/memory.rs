@@ -23,6 +23,8 @@ use polyvisor_core::GuestMemoryMmap;
 pub const PAGE: u64 = 0x1000;
 /// At most this many overlays exist at once.
 pub const MAX_OVERLAYS: usize = 64;
+// `GuestMem::overlay_used` has one bit per overlay.
+const _: () = assert!(MAX_OVERLAYS <= 64);
 
 /// Why a layout could not be made or applied.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,9 @@ pub struct GuestMem {
     overlay_host: u64,
     /// GPA + 1 of each overlay index that is mapped (0: free).
     overlay_gpas: Box<[AtomicU64]>,
+    /// Bit i: overlay index i may be mapped (set before its GPA is published, cleared after
+    /// it is withdrawn), so lookups on the exit path only look at those.
+    overlay_used: AtomicU64,
 }
 
 impl std::fmt::Debug for GuestMem {
@@ -196,6 +201,7 @@ impl GuestMem {
             overlay_mem,
             overlay_host,
             overlay_gpas: (0..MAX_OVERLAYS).map(|_| AtomicU64::new(0)).collect(),
+            overlay_used: AtomicU64::new(0),
         })
     }
 
@@ -211,8 +217,16 @@ impl GuestMem {
 
     /// The overlay index mapped at the page of `gpa`, if any.
     pub fn overlay_at(&self, gpa: u64) -> Option<usize> {
-        let page = gpa & !(PAGE - 1);
-        self.overlay_gpas.iter().position(|g| g.load(Ordering::Acquire) == page.wrapping_add(1))
+        let want = (gpa & !(PAGE - 1)).wrapping_add(1);
+        let mut used = self.overlay_used.load(Ordering::Acquire);
+        while used != 0 {
+            let i = used.trailing_zeros() as usize;
+            used &= used - 1;
+            if self.overlay_gpas.get(i).is_some_and(|g| g.load(Ordering::Acquire) == want) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Whether `gpa` is guest RAM.
@@ -233,6 +247,23 @@ impl GuestMem {
             }
             None => self.ram.read_slice(buf, GuestAddress(gpa)).is_ok(),
         }
+    }
+
+    /// Bytes of guest RAM resident in host memory now (`mincore` over the RAM mapping), or
+    /// `None` if the kernel would not say. Touched pages count; pages never written (or read)
+    /// by the guest, KVM or the VMM do not.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let len = usize::try_from(self.ram_size).ok()?;
+        let pages = len.div_ceil(PAGE as usize);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `ram_host..ram_host + ram_size` is the page-aligned RAM mapping this value
+        // owns (it stays mapped while `&self` lives); mincore only reads the page tables and
+        // writes one byte per page into `vec`, which has exactly that many bytes. The return
+        // value is checked.
+        let r = unsafe {
+            libc::mincore(self.ram_host as *mut libc::c_void, len, vec.as_mut_ptr().cast())
+        };
+        (r == 0).then(|| vec.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE)
     }
 
     /// Writes guest RAM (a write the guest made to a protected page).
@@ -311,6 +342,7 @@ impl Layout {
                     if let Some(g) = mem.overlay_gpas.get(i) {
                         g.store(0, Ordering::Release);
                     }
+                    mem.overlay_used.fetch_and(!(1u64 << i), Ordering::AcqRel);
                 }
                 Ok(())
             }
@@ -356,6 +388,7 @@ impl Layout {
                 mem.overlay_mem
                     .write_slice(&page, GuestAddress(index as u64 * PAGE))
                     .map_err(|e| err(e.to_string()))?;
+                mem.overlay_used.fetch_or(1u64 << index, Ordering::AcqRel);
                 g.store(gpa + 1, Ordering::Release);
                 Ok(())
             }

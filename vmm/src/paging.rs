@@ -24,11 +24,12 @@ const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
 const EFER_LMA: u64 = 1 << 10;
 const PRESENT: u64 = 1;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 const CR0_WP: u64 = 1 << 16;
-const RW: u64 = 1 << 1;
 
 /// Whether a supervisor write to `linear` is allowed by the guest's page tables: every
 /// paging-structure entry on the way has R/W set, or CR0.WP is clear (supervisor writes then
@@ -55,6 +56,17 @@ pub fn supervisor_writable(
     Some(regs.cr0 & CR0_PG == 0 || regs.cr0 & CR0_WP == 0 || !read_only.get())
 }
 
+/// A translation with the permissions every level of the walk granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// R/W set at every level (paging off: true).
+    pub writable: bool,
+    /// U/S set at every level (paging off: true).
+    pub user: bool,
+}
+
 /// Translates `linear` to a guest-physical address. `read8` reads a little-endian u64 at a
 /// GPA (`None` when outside memory); 32-bit entries use the low half.
 pub fn translate(
@@ -62,30 +74,47 @@ pub fn translate(
     linear: u64,
     read8: &dyn Fn(u64) -> Option<u64>,
 ) -> Option<u64> {
-    if regs.cr0 & CR0_PG == 0 {
-        return Some(linear & 0xffff_ffff);
-    }
-    if regs.efer & EFER_LMA != 0 {
+    walk(regs, linear, read8).map(|t| t.gpa)
+}
+
+/// Like [`translate`], with the R/W and U/S bits of the walk.
+pub fn walk(
+    regs: &PagingRegs,
+    linear: u64,
+    read8: &dyn Fn(u64) -> Option<u64>,
+) -> Option<Translation> {
+    let mut writable = true;
+    let mut user = true;
+    let mut note = |entry: u64| {
+        writable &= entry & RW != 0;
+        user &= entry & US != 0;
+    };
+    let gpa = if regs.cr0 & CR0_PG == 0 {
+        linear & 0xffff_ffff
+    } else if regs.efer & EFER_LMA != 0 {
         if regs.cr4 & CR4_LA57 != 0 {
             return None;
         }
         let mut table = regs.cr3 & ADDR_MASK;
+        let mut found = None;
         for (level, shift) in [(4, 39u32), (3, 30), (2, 21), (1, 12)] {
             let index = (linear >> shift) & 0x1ff;
             let entry = read8(table + index * 8)?;
             if entry & PRESENT == 0 {
                 return None;
             }
+            note(entry);
             if level == 1 || (entry & PS != 0 && (level == 2 || level == 3)) {
                 let mask = (1u64 << shift) - 1;
-                return Some((entry & ADDR_MASK & !mask) | (linear & mask));
+                found = Some((entry & ADDR_MASK & !mask) | (linear & mask));
+                break;
             }
             table = entry & ADDR_MASK;
         }
-        return None;
-    }
-    let linear = linear & 0xffff_ffff;
-    if regs.cr4 & CR4_PAE != 0 {
+        found?
+    } else if regs.cr4 & CR4_PAE != 0 {
+        let linear = linear & 0xffff_ffff;
+        // PDPTEs carry no R/W or U/S bits.
         let pdpte = read8((regs.cr3 & 0xffff_ffe0) + ((linear >> 30) & 3) * 8)?;
         if pdpte & PRESENT == 0 {
             return None;
@@ -94,29 +123,38 @@ pub fn translate(
         if pde & PRESENT == 0 {
             return None;
         }
+        note(pde);
         if pde & PS != 0 {
-            return Some((pde & ADDR_MASK & !0x1f_ffff) | (linear & 0x1f_ffff));
+            (pde & ADDR_MASK & !0x1f_ffff) | (linear & 0x1f_ffff)
+        } else {
+            let pte = read8((pde & ADDR_MASK) + ((linear >> 12) & 0x1ff) * 8)?;
+            if pte & PRESENT == 0 {
+                return None;
+            }
+            note(pte);
+            (pte & ADDR_MASK) | (linear & 0xfff)
         }
-        let pte = read8((pde & ADDR_MASK) + ((linear >> 12) & 0x1ff) * 8)?;
-        if pte & PRESENT == 0 {
+    } else {
+        let linear = linear & 0xffff_ffff;
+        let pde = read8((regs.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4)? & 0xffff_ffff;
+        if pde & PRESENT == 0 {
             return None;
         }
-        return Some((pte & ADDR_MASK) | (linear & 0xfff));
-    }
-    let pde = read8((regs.cr3 & 0xffff_f000) + ((linear >> 22) & 0x3ff) * 4)? & 0xffff_ffff;
-    if pde & PRESENT == 0 {
-        return None;
-    }
-    if pde & PS != 0 && regs.cr4 & CR4_PSE != 0 {
-        // 4 MiB page; bits 20:13 hold physical address bits 39:32 (PSE-36).
-        let high = ((pde >> 13) & 0xff) << 32;
-        return Some(high | (pde & 0xffc0_0000) | (linear & 0x3f_ffff));
-    }
-    let pte = read8((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4)? & 0xffff_ffff;
-    if pte & PRESENT == 0 {
-        return None;
-    }
-    Some((pte & 0xffff_f000) | (linear & 0xfff))
+        note(pde);
+        if pde & PS != 0 && regs.cr4 & CR4_PSE != 0 {
+            // 4 MiB page; bits 20:13 hold physical address bits 39:32 (PSE-36).
+            let high = ((pde >> 13) & 0xff) << 32;
+            high | (pde & 0xffc0_0000) | (linear & 0x3f_ffff)
+        } else {
+            let pte = read8((pde & 0xffff_f000) + ((linear >> 12) & 0x3ff) * 4)? & 0xffff_ffff;
+            if pte & PRESENT == 0 {
+                return None;
+            }
+            note(pte);
+            (pte & 0xffff_f000) | (linear & 0xfff)
+        }
+    };
+    Some(Translation { gpa, writable, user })
 }
 
 #[cfg(test)]
@@ -202,6 +240,29 @@ mod tests {
         let m = mem(&[(0x2000, 0x3001), (0x3000, 0x20_0083), (0x3008, 0x40_0081)]);
         assert_eq!(supervisor_writable(&pae, 0x1234, &m), Some(true));
         assert_eq!(supervisor_writable(&pae, 0x20_1234, &m), Some(false));
+    }
+
+    #[test]
+    fn walks_report_rw_and_us_of_every_level() {
+        let r =
+            PagingRegs { cr0: CR0_PG | 1, cr3: 0x2000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8) };
+        // PD[1]: a 2 MiB page, read-only; PD[2] -> PT with a user-writable page.
+        let m = mem(&[
+            (0x2000, 0x3007),
+            (0x3000, 0x4007),
+            (0x4008, 0x60_0085),
+            (0x4010, 0x5007),
+            (0x5018, 0x9007),
+            (0x5020, 0xa003),
+        ]);
+        let ro = walk(&r, 0x20_1234, &m).unwrap();
+        assert_eq!((ro.gpa, ro.writable, ro.user), (0x60_1234, false, true));
+        let rw = walk(&r, 0x40_3abc, &m).unwrap();
+        assert_eq!((rw.gpa, rw.writable, rw.user), (0x9abc, true, true));
+        let kernel = walk(&r, 0x40_4000, &m).unwrap();
+        assert_eq!((kernel.gpa, kernel.writable, kernel.user), (0xa000, true, false));
+        let off = walk(&PagingRegs::default(), 0x1234, &m).unwrap();
+        assert!(off.writable && off.user);
     }
 
     #[test]

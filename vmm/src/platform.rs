@@ -1,10 +1,12 @@
 //! [`Platform`] for real VMs: the effects handlers ask for.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use polyvisor_core::{Platform, PlatformError, ProbeEvent};
 
+use crate::paging::{self, PagingRegs};
 use crate::vm::{ProbeSink, VmShared};
 
 impl VmShared {
@@ -27,6 +29,32 @@ impl VmShared {
         crate::paging::supervisor_writable(&regs, gva, &read8) == Some(false)
     }
 }
+
+thread_local! {
+    /// The vCPU whose hypercall this thread is dispatching: (index, paging registers, CPL).
+    static CALLER: Cell<Option<(u32, PagingRegs, u8)>> = const { Cell::new(None) };
+}
+
+/// Clears [`CALLER`] when the dispatch ends, however it ends.
+struct CallerGuard;
+
+impl Drop for CallerGuard {
+    fn drop(&mut self) {
+        CALLER.with(|c| c.set(None));
+    }
+}
+
+/// Runs `f` (the dispatch of a call vCPU `vcpu` made) with that vCPU's paging registers
+/// (from the exit's special registers) and CPL known, so that
+/// [`Platform::translate_gva`] walks the guest's page tables in user space instead of asking
+/// KVM (`KVM_TRANSLATE` costs about as much as an exit on PVM hosts).
+pub(crate) fn with_caller<R>(vcpu: u32, paging: PagingRegs, cpl: u8, f: impl FnOnce() -> R) -> R {
+    CALLER.with(|c| c.set(Some((vcpu, paging, cpl))));
+    let _guard = CallerGuard;
+    f()
+}
+
+const CR0_WP: u64 = 1 << 16;
 
 impl Platform for VmShared {
     fn console_write(&self, vcpu: u32, bytes: &[u8]) {
@@ -77,6 +105,11 @@ impl Platform for VmShared {
     }
 
     fn probe_fired(&self, event: &ProbeEvent<'_>) {
+        // Nobody listens: skip the JSON (an allocation) and the sink's lock.
+        if self.probe_to_log && !tracing::enabled!(target: "polyvisor::probe", tracing::Level::INFO)
+        {
+            return;
+        }
         let line = polyvisor_personalities::bhyve::probe_event_json(event);
         if let Ok(mut sink) = self.probe_sink.lock() {
             match &mut *sink {
@@ -132,6 +165,22 @@ impl Platform for VmShared {
     }
 
     fn translate_gva(&self, vcpu: u32, gva: u64, write: bool) -> Result<u64, PlatformError> {
+        if let Some((_, regs, cpl)) = CALLER.with(Cell::get).filter(|(v, _, _)| *v == vcpu) {
+            let read8 = |gpa: u64| {
+                let mut b = [0u8; 8];
+                self.mem.read_visible(gpa, &mut b).then(|| u64::from_le_bytes(b))
+            };
+            let t = paging::walk(&regs, gva, &read8)
+                .ok_or_else(|| PlatformError::Failed(format!("{gva:#x} is not mapped")))?;
+            if cpl == 3 && !t.user {
+                return Err(PlatformError::Failed(format!("{gva:#x} is a supervisor page")));
+            }
+            // Supervisor writes ignore R/W unless CR0.WP is set.
+            if write && !t.writable && (cpl == 3 || regs.cr0 & CR0_WP != 0) {
+                return Err(PlatformError::Failed(format!("{gva:#x} is mapped read-only")));
+            }
+            return Ok(t.gpa);
+        }
         let fd = crate::kvm::current_vcpu(vcpu)
             .ok_or(PlatformError::Unsupported("translating for a vCPU other than the caller"))?;
         let t = crate::kvm::translate(fd, gva)

@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::boot::{self, EntryState, Seg};
 use crate::devices::{Console, ConsoleSink};
 use crate::end::VmEnd;
-use crate::exits::StatsSnapshot;
+use crate::exits::{ExitTiming, ExitTimingSnapshot, StatsSnapshot};
 use crate::host::{check_with, Caps, HostReport};
 use crate::kvm as rawkvm;
 use crate::loader::{parse_kernel, ElfClass, KernelImage, LoadError};
@@ -127,6 +127,12 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// A host check to reuse instead of probing again.
     pub host: Option<HostReport>,
+    /// Time every exit ([`RunReport::exit_timing`]): two clock reads per exit.
+    pub exit_timing: bool,
+    /// Write-protect: complete KVM's pending emulation with a `KVM_RUN` of its own before
+    /// answering every call, as the trap first did ([`TrapConfig::defer_completion`] off).
+    /// For measurements only: it costs a `KVM_RUN` per call.
+    pub eager_completion: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -136,6 +142,8 @@ impl std::fmt::Debug for RunOptions {
             .field("kernel_override", &self.kernel_override.as_ref().map(Vec::len))
             .field("dispatch", &self.dispatch.is_some())
             .field("timeout", &self.timeout)
+            .field("exit_timing", &self.exit_timing)
+            .field("eager_completion", &self.eager_completion)
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +186,31 @@ pub struct RunReport {
     pub protected_pages: usize,
     /// Wall time of the run (from the vCPUs' start).
     pub elapsed: Duration,
+    /// How long the VM took to get going.
+    pub startup: Startup,
+    /// Bytes of guest RAM resident in host memory at the end (see
+    /// [`GuestMem::resident_bytes`]).
+    pub guest_ram_resident: Option<u64>,
+    /// Where the vCPUs' time went, with [`RunOptions::exit_timing`].
+    pub exit_timing: Option<ExitTimingSnapshot>,
+}
+
+/// Start-up times, each from the moment [`run()`] was called.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Startup {
+    /// How long the host check (the probe VM) took, when `run()` made one.
+    pub host_check: Option<Duration>,
+    /// The end of each set-up step: `host check`, `personality`, `kernel`, `KVM_CREATE_VM`,
+    /// `VM config`, `guest memory`, `memslots`, `vCPUs`, `threads`.
+    pub steps: Vec<(&'static str, Duration)>,
+    /// The guest TSC when vCPU 0 first entered `KVM_RUN` (compare with a TSC the guest
+    /// reads to split the boot into VMM and guest time).
+    pub first_entry_tsc: Option<u64>,
+    /// vCPU 0 entered `KVM_RUN` for the first time.
+    pub first_entry: Option<Duration>,
+    /// vCPU 0's first port-I/O exit reached the VMM: the guest ran from its entry point to
+    /// its first port write (other exits, such as watchdog kicks, may come before it).
+    pub first_port_io: Option<Duration>,
 }
 
 impl std::fmt::Display for RunReport {
@@ -245,11 +278,21 @@ impl RunReport {
 /// Boots the configured VM and runs it to its end. With no kernel configured, boots
 /// `polyvisor_guests::DEFAULT`.
 pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmError> {
+    let called = Instant::now();
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let cfg = &config.config;
+    let mut host_check = None;
+    let mut steps = Vec::with_capacity(10);
+    let mut step = |name: &'static str| steps.push((name, called.elapsed()));
     let host = match options.host.clone() {
         Some(h) => h,
-        None => check_with(&kvm, Instant::now()),
+        None => {
+            let t = Instant::now();
+            let h = check_with(&kvm, t);
+            host_check = Some(t.elapsed());
+            step("host check");
+            h
+        }
     };
     let strategy = host
         .select(cfg.host.trap)
@@ -287,13 +330,21 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
             (None, None) => (polyvisor_guests::DEFAULT.into(), "(built-in default guest)".into()),
         };
     let ram_size = u64::from(cfg.vm.memory_mib) << 20;
+    step("personality");
     let image = parse_kernel(&bytes, ram_size)
         .map_err(|source| VmmError::Load { origin: origin.clone(), source })?;
     let boot_kind = choose_boot(&image, cfg.vm.boot, &origin)?;
 
     // Memory, devices, the VM.
+    step("kernel");
     let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
+    step("KVM_CREATE_VM");
     let caps = host.caps;
+    // Before any memslot: KVM_X86_SET_MSR_FILTER waits for an SRCU grace period, which is
+    // expedited only while the VM's SRCU is idle; right after the memslot updates' grace
+    // periods it takes a normal one (about 15 ms here instead of 0.05).
+    configure_vm(&vm, &caps, strategy, &dispatch.msr_ranges())?;
+    step("VM config");
     let mem = GuestMem::new(ram_size)?;
     boot::write_low_memory(mem.ram(), ram_size, cfg.vm.vcpus, &cfg.vm.cmdline)?;
     let mut layout = Layout::new(caps.memslots as usize);
@@ -301,10 +352,12 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
     if strategy == TrapStrategy::WriteProtect {
         protect_code(&mem, &mut layout, &image)?;
     }
+    step("guest memory");
     layout.apply(&mem, &vm)?;
-    configure_vm(&vm, &caps, strategy, &dispatch.msr_ranges())?;
+    step("memslots");
 
     let vcpus = create_vcpus(&kvm, &vm, &caps, &*dispatch, &image, boot_kind, cfg.vm.vcpus)?;
+    step("vCPUs");
     let tsc_khz = vcpus
         .first()
         .and_then(|v| v.fd().get_tsc_khz().ok())
@@ -346,11 +399,17 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         vcpus: cfg.vm.vcpus,
         dispatch: dispatch.clone(),
         console: Console::new(sink, cfg.vm.vcpus),
-        trap: TrapConfig { strategy, instruction: cfg.host.instruction, native: facts.instruction },
+        trap: TrapConfig {
+            strategy,
+            instruction: cfg.host.instruction,
+            native: facts.instruction,
+            defer_completion: !options.eager_completion,
+        },
         tsc_khz,
         probe_sink,
         original: image.segments.iter().map(|s| (s.gpa, s.data.clone())).collect(),
         debug_channel,
+        exit_timing: options.exit_timing,
     }));
     shared.tsc_offset.store(tsc_offset, std::sync::atomic::Ordering::Relaxed);
 
@@ -377,6 +436,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
             }
         }
     }
+    step("threads");
     shared.supervise(timeout);
     for t in threads {
         if t.join().is_err() {
@@ -397,6 +457,17 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         v.stats.add_to(&mut stats);
     }
     let protected_pages = shared.layout.lock().map(|l| l.protected_pages()).unwrap_or(0);
+    let since_called = |t: Option<&Instant>| t.map(|t| t.saturating_duration_since(called));
+    let startup = Startup {
+        host_check,
+        steps,
+        first_entry_tsc: shared.first_entry_tsc.get().copied(),
+        first_entry: since_called(shared.first_entry.get()),
+        first_port_io: since_called(shared.first_port_io.get()),
+    };
+    let exit_timing = options
+        .exit_timing
+        .then(|| ExitTiming::summarise(shared.vcpus.iter().filter_map(|v| v.timing.as_deref())));
     let console = shared.console.take_capture();
     shared.console.flush(None);
     Ok(RunReport {
@@ -412,6 +483,9 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         boot: boot_kind,
         protected_pages,
         elapsed,
+        startup,
+        guest_ram_resident: shared.mem.resident_bytes(),
+        exit_timing,
     })
 }
 

@@ -185,6 +185,14 @@ pub trait VcpuBackend {
     /// Drops the guest's cached translations before the next entry (rewriting the special
     /// registers makes KVM reset the MMU context and flush).
     fn flush_tlb(&mut self) -> Result<(), VcpuError>;
+    /// Whether, after an MMIO write exit, registers written now are loaded by the next run
+    /// *before* it completes the pending write, and that completion changes no register. True
+    /// for KVM: `KVM_RUN` applies dirty sync registers, then `complete_emulated_mmio`, which
+    /// for a write only retires the fragment. Lets the write-protect trap answer a call from
+    /// its MMIO exit without a completion run.
+    fn defers_mmio_write_completion(&self) -> bool {
+        false
+    }
 }
 
 /// The vCPU thread's state (Firecracker's explicit state machine, reduced to what this VMM
@@ -450,6 +458,10 @@ impl VcpuBackend for KvmVcpu {
 
     fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    fn defers_mmio_write_completion(&self) -> bool {
+        true
     }
 
     fn flush_tlb(&mut self) -> Result<(), VcpuError> {

@@ -11,7 +11,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
@@ -19,11 +19,11 @@ use polyvisor_core::{Dispatch, Platform};
 
 use crate::devices::{Console, Ports};
 use crate::end::VmEnd;
-use crate::exits::{bump, handle_exit, Action, Stats, VmServices};
+use crate::exits::{bump, handle_exit, Action, ExitKind, ExitTiming, Stats, VmServices};
 use crate::kvm as rawkvm;
 use crate::memory::{GuestMem, Layout, MemoryError};
 use crate::trap::{TrapConfig, TrapStrategy};
-use crate::vcpu::{KvmVcpu, VcpuBackend, VcpuState};
+use crate::vcpu::{Exit, KvmVcpu, VcpuBackend, VcpuState};
 
 #[derive(Debug, Default)]
 struct Park {
@@ -52,10 +52,12 @@ pub struct VcpuShared {
     kick: Mutex<Option<libc::pthread_t>>,
     /// Counters.
     pub stats: Stats,
+    /// Where the time went (only with `RunOptions::exit_timing`).
+    pub timing: Option<Box<ExitTiming>>,
 }
 
 impl VcpuShared {
-    fn new(index: u32) -> Self {
+    fn new(index: u32, timed: bool) -> Self {
         VcpuShared {
             index,
             pending: Default::default(),
@@ -71,6 +73,7 @@ impl VcpuShared {
             halt_deadline: AtomicU64::new(0),
             kick: Mutex::new(None),
             stats: Stats::default(),
+            timing: timed.then(Box::default),
         }
     }
 
@@ -141,10 +144,18 @@ pub struct VmShared {
     pub(crate) tsc_offset: AtomicI64,
     pub(crate) tsc_khz: Option<u64>,
     pub(crate) probe_sink: Mutex<ProbeSink>,
+    /// The probe sink is the log (it never changes after the VM is built).
+    pub(crate) probe_to_log: bool,
     /// The kernel's segments as loaded (GPA, file bytes), to undo KVM's patching.
     original: Vec<(u64, Vec<u8>)>,
     /// The host side of the guest debug channel, when configured.
     pub(crate) debug_channel: Option<crate::debug_channel::DebugChannel>,
+    /// When vCPU 0 first entered `KVM_RUN`.
+    pub(crate) first_entry: OnceLock<Instant>,
+    /// When vCPU 0's first port-I/O exit returned to the VMM.
+    pub(crate) first_port_io: OnceLock<Instant>,
+    /// The guest TSC at vCPU 0's first entry.
+    pub(crate) first_entry_tsc: OnceLock<u64>,
 }
 
 impl std::fmt::Debug for VmShared {
@@ -180,6 +191,8 @@ pub struct VmParts {
     pub original: Vec<(u64, Vec<u8>)>,
     /// The guest debug channel's host side (`[hyperv] debug_output`/`debug_input`).
     pub debug_channel: Option<crate::debug_channel::DebugChannel>,
+    /// Time every exit into [`VcpuShared::timing`].
+    pub exit_timing: bool,
 }
 
 impl VmShared {
@@ -189,7 +202,7 @@ impl VmShared {
             vm: p.vm,
             mem: p.mem,
             layout: Mutex::new(p.layout),
-            vcpus: (0..p.vcpus).map(VcpuShared::new).collect(),
+            vcpus: (0..p.vcpus).map(|i| VcpuShared::new(i, p.exit_timing)).collect(),
             dispatch: p.dispatch,
             console: p.console,
             ports: Ports::default(),
@@ -204,9 +217,13 @@ impl VmShared {
             start: Instant::now(),
             tsc_offset: AtomicI64::new(0),
             tsc_khz: p.tsc_khz,
+            probe_to_log: matches!(p.probe_sink, ProbeSink::Log),
             probe_sink: Mutex::new(p.probe_sink),
             original: p.original,
             debug_channel: p.debug_channel,
+            first_entry: OnceLock::new(),
+            first_port_io: OnceLock::new(),
+            first_entry_tsc: OnceLock::new(),
         }
     }
 
@@ -482,6 +499,11 @@ impl VmShared {
     }
 
     fn vcpu_loop(&self, v: &VcpuShared, backend: &mut KvmVcpu) -> Option<VmEnd> {
+        // vCPU 0 notes its first entry and its first port-I/O exit (start-up time); with exit
+        // timing every run is timed. Otherwise the loop reads no clock.
+        let mut first = v.index == 0;
+        let mut awaiting_io = first;
+        let mut last_exit: Option<(ExitKind, Instant)> = None;
         loop {
             backend.set_immediate_exit(false);
             if self.stopping() {
@@ -503,14 +525,53 @@ impl VmShared {
                 v.in_run.store(false, Ordering::SeqCst);
                 return Some(VmEnd::VmmFailure(format!("vCPU {}: {e}", v.index)));
             }
+            let timing = v.timing.as_deref();
+            let timed = timing.is_some() || awaiting_io;
+            if first {
+                let _ = self.first_entry_tsc.set(self.tsc_now());
+            }
+            let entered = timed.then(Instant::now);
+            if let (Some(t), Some(now), Some((kind, at))) = (timing, entered, last_exit.take()) {
+                t.add_user(kind, nanos(now.saturating_duration_since(at)));
+            }
             let exit = backend.run();
+            let exited = timed.then(Instant::now);
             v.in_run.store(false, Ordering::SeqCst);
             v.runs.fetch_add(1, Ordering::SeqCst);
+            if first {
+                first = false;
+                if let Some(a) = entered {
+                    let _ = self.first_entry.set(a);
+                }
+            }
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(e) => return Some(VmEnd::VmmFailure(format!("vCPU {}: {e}", v.index))),
             };
+            if awaiting_io && matches!(exit, Exit::IoOut { .. } | Exit::IoIn { .. }) {
+                awaiting_io = false;
+                if let Some(b) = exited {
+                    let _ = self.first_port_io.set(b);
+                }
+            }
+            let before = timing.map(|_| {
+                let io = matches!(exit, Exit::IoOut { .. } | Exit::IoIn { .. });
+                (io, v.stats.hypercalls.load(Ordering::Relaxed))
+            });
             let action = handle_exit(exit, v.index, backend, self);
+            if let (Some(t), Some((is_io, calls_before)), Some(a), Some(b)) =
+                (timing, before, entered, exited)
+            {
+                let kind = if v.stats.hypercalls.load(Ordering::Relaxed) != calls_before {
+                    ExitKind::Hypercall
+                } else if is_io {
+                    ExitKind::Io
+                } else {
+                    ExitKind::Other
+                };
+                t.add_run(kind, nanos(b.saturating_duration_since(a)));
+                last_exit = Some((kind, b));
+            }
             if !matches!(action, Ok(Action::Halt)) {
                 v.halt_deadline.store(0, Ordering::Relaxed);
             }
@@ -637,6 +698,10 @@ impl Drop for EndOnDrop<'_> {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// RDTSC on the host.
 pub fn read_tsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; every x86-64 CPU has it.
@@ -680,6 +745,9 @@ impl VmServices for VmShared {
         })
         .map_err(|e| e.to_string())
     }
+    fn exit_timing(&self, vcpu: u32) -> Option<&ExitTiming> {
+        self.vcpu(vcpu).and_then(|v| v.timing.as_deref())
+    }
     fn original_bytes(&self, gpa: u64) -> Option<[u8; 3]> {
         self.original.iter().find_map(|(start, data)| {
             let off = usize::try_from(gpa.checked_sub(*start)?).ok()?;
@@ -699,4 +767,7 @@ static FALLBACK_STATS: Stats = Stats {
     lazy_protects: AtomicU64::new(0),
     interrupts: AtomicU64::new(0),
     kicks: AtomicU64::new(0),
+    completions: AtomicU64::new(0),
+    completion_ns: AtomicU64::new(0),
+    page_returns: AtomicU64::new(0),
 };

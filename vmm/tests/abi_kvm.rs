@@ -98,6 +98,7 @@ fn run_kvm(image: &str, setup: &Setup<'_>, cmdline: &str, host: &HostReport) -> 
             dispatch: Some(dispatch),
             timeout: Some(Duration::from_secs(20)),
             host: Some(host.clone()),
+            ..RunOptions::default()
         },
     )
     .expect("the VM runs");

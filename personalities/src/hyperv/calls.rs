@@ -88,30 +88,69 @@ fn prologue(p: &HyperV, call: &Call<'_>, spec: &Spec) -> Result<Hc, Reply> {
 /// crossing a page, inside the GPA space (guest memory); anything else is
 /// HV_STATUS_INVALID_ALIGNMENT.
 fn check_block(call: &Call<'_>, gpa: u64, len: u64) -> Result<(), Reply> {
-    let in_page = (gpa & (HV_HYP_PAGE_SIZE - 1)).checked_add(len);
-    let fits = gpa & 7 == 0
-        && in_page.is_some_and(|end| end <= HV_HYP_PAGE_SIZE)
-        && usize::try_from(len).is_ok_and(|l| call.memory.check_range(GuestAddress(gpa), l.max(1)));
-    if fits {
+    check_block_shape(gpa, len)?;
+    if usize::try_from(len).is_ok_and(|l| call.memory.check_range(GuestAddress(gpa), l.max(1))) {
         Ok(())
     } else {
         Err(status(HV_STATUS_INVALID_ALIGNMENT))
     }
 }
 
+/// The alignment half of [`check_block`]: 8-byte aligned and not crossing a page.
+fn check_block_shape(gpa: u64, len: u64) -> Result<(), Reply> {
+    let in_page = (gpa & (HV_HYP_PAGE_SIZE - 1)).checked_add(len);
+    if gpa & 7 == 0 && in_page.is_some_and(|end| end <= HV_HYP_PAGE_SIZE) {
+        Ok(())
+    } else {
+        Err(status(HV_STATUS_INVALID_ALIGNMENT))
+    }
+}
+
+/// Words of a memory input block read up front: every fixed header here fits.
+const HEAD_WORDS: usize = 4;
+
 /// A call's input parameter block: guest memory (checked) or registers (fast calls: RDX, R8,
 /// then XMM0..XMM5 low half first when XMM input is used).
 enum Input {
-    Memory { gpa: u64 },
-    Registers { words: [u64; 14], len: usize },
+    /// In guest memory; a block of at most [`HEAD_WORDS`] words is read once, up front
+    /// (`head_len` bytes of `head`), so its words cost no further guest-memory access.
+    Memory {
+        gpa: u64,
+        head: [u64; HEAD_WORDS],
+        head_len: usize,
+    },
+    Registers {
+        words: [u64; 14],
+        len: usize,
+    },
 }
 
 impl Input {
     /// The input of a call whose block is `len` bytes.
     fn new(call: &Call<'_>, hc: &Hc, len: u64, xmm: bool) -> Result<Input, Reply> {
         if !hc.control.fast() {
-            check_block(call, hc.input, len)?;
-            return Ok(Input::Memory { gpa: hc.input });
+            let mut head = [0u64; HEAD_WORDS];
+            let small = usize::try_from(len)
+                .ok()
+                .filter(|l| *l > 0 && l.is_multiple_of(8) && *l <= HEAD_WORDS * 8);
+            let Some(head_len) = small else {
+                check_block(call, hc.input, len)?;
+                return Ok(Input::Memory { gpa: hc.input, head, head_len: 0 });
+            };
+            // The read is the check that the block is guest memory.
+            check_block_shape(hc.input, len)?;
+            let mut bytes = [0u8; HEAD_WORDS * 8];
+            let dst =
+                bytes.get_mut(..head_len).ok_or_else(|| status(HV_STATUS_INVALID_ALIGNMENT))?;
+            call.memory
+                .read_slice(dst, GuestAddress(hc.input))
+                .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
+            for (w, chunk) in head.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *w = u64::from_le_bytes(b);
+            }
+            return Ok(Input::Memory { gpa: hc.input, head, head_len });
         }
         let mut words = [hc.input, hc.output, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut avail = 16usize;
@@ -142,7 +181,16 @@ impl Input {
     /// The 8 bytes at `offset` of the block.
     fn u64_at(&self, call: &Call<'_>, offset: u64) -> Result<u64, Reply> {
         match self {
-            Input::Memory { gpa } => gpa
+            Input::Memory { head, head_len, .. }
+                if offset.is_multiple_of(8)
+                    && offset.checked_add(8).is_some_and(|e| e <= *head_len as u64) =>
+            {
+                usize::try_from(offset / 8)
+                    .ok()
+                    .and_then(|i| head.get(i).copied())
+                    .ok_or_else(|| status(HV_STATUS_INVALID_ALIGNMENT))
+            }
+            Input::Memory { gpa, .. } => gpa
                 .checked_add(offset)
                 .and_then(|a| call.memory.read_obj::<u64>(GuestAddress(a)).ok())
                 .ok_or_else(|| status(HV_STATUS_INVALID_ALIGNMENT)),

@@ -5,6 +5,7 @@ struct rt_vcpu_area rt_vcpu_area[RT_MAX_VCPUS] __aligned(4096);
 struct rt_cpu rt_cpus[RT_MAX_VCPUS];
 const struct hvm_start_info *rt_start_info;
 volatile u32 rt_boot_protocol;
+volatile u64 rt_start_tsc;
 volatile u32 rt_eoi_mode;
 volatile u32 ap_ready[RT_MAX_VCPUS];
 static volatile u32 rt_tables_ready;

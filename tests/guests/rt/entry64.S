@@ -9,7 +9,12 @@
     .section .text.entry, "ax"
     .globl _start
 _start:
-    cli
+    testl %esi, %esi            /* vCPU 0 notes the TSC at its first instructions */
+    jnz 6f
+    rdtsc
+    movl %eax, rt_start_tsc(%rip)
+    movl %edx, rt_start_tsc+4(%rip)
+6:  cli
     cld
     movl $RT_BOOT_ELF64, rt_boot_protocol(%rip)
 

@@ -19,7 +19,12 @@
     .globl pvh_start32
 _start:
 pvh_start32:
-    cli
+    testl %esi, %esi            /* vCPU 0 notes the TSC at its first instructions */
+    jnz 6f
+    rdtsc
+    movl %eax, rt_start_tsc
+    movl %edx, rt_start_tsc+4
+6:  cli
     cld
     cmpl $RT_MAX_VCPUS, %esi
     jae 2f

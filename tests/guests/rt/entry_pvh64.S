@@ -29,7 +29,12 @@ rt_boot_gdt_ptr:
     .section .text.entry, "ax"
     .globl pvh_start32
 pvh_start32:
-    cli
+    testl %esi, %esi            /* vCPU 0 notes the TSC at its first instructions */
+    jnz 6f
+    rdtsc
+    movl %eax, rt_start_tsc
+    movl %edx, rt_start_tsc+4
+6:  cli
     cld
     movl $RT_BOOT_PVH64, rt_boot_protocol
     lgdt rt_boot_gdt_ptr

@@ -5,6 +5,9 @@
 pub(crate) enum Status {
     /// Success.
     Ok,
+    /// The command ran and failed (1): a benchmark guest gave a wrong answer, a file could
+    /// not be written.
+    Failed,
     /// A usage error (2), as clap reports its own.
     Usage,
     /// The configuration is invalid (3).
@@ -22,6 +25,7 @@ impl Status {
     pub(crate) fn code(self) -> i32 {
         match self {
             Status::Ok => 0,
+            Status::Failed => 1,
             Status::Usage => 2,
             Status::BadConfig => 3,
             Status::Unsupported => 4,

@@ -1,5 +1,6 @@
 //! Command-line interface: parsing with clap, one module per subcommand.
 
+mod bench_cmd;
 mod config_cmd;
 mod exit;
 mod run_cmd;
@@ -38,6 +39,9 @@ enum Command {
     /// Check or show configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Measure hypercall round trips against the port-I/O floor, dispatch-only cost,
+    /// start-up, memory and SMP throughput on this host (docs/performance.md).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Options shared by commands that read a configuration.
@@ -79,6 +83,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Cpuid(args) => tables::cpuid(&args).code(),
         Command::Hypercalls(args) => tables::hypercalls(&args).code(),
         Command::Config(cmd) => config_cmd::run(&cmd).code(),
+        Command::Bench(args) => bench_cmd::bench(&args).code(),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }

@@ -11,6 +11,15 @@
 //! 3. Read the registers, check that the write landed exactly at the GPA of RIP and that the
 //!    bytes there are a hypercall instruction; build the snapshot, dispatch, apply.
 //!
+//! Step 2 costs a whole `KVM_RUN` per call (about as much as the exit itself on PVM hosts).
+//! When the patch is one write (the instruction does not cross a page) it is skipped: the
+//! registers at the MMIO exit are already final (the emulator's write-back ran before the
+//! exit), and the completion KVM runs at the next entry only retires the write, after it has
+//! loaded the registers the VMM wrote. So the call is answered straight from the MMIO exit
+//! and the next ordinary `KVM_RUN` resumes the guest after the instruction
+//! ([`TrapConfig::defer_completion`](crate::trap::TrapConfig::defer_completion)). Split
+//! patches and #UD/#GP injections still complete first.
+//!
 //! Any other write to a read-only slot is the guest's own: applied to RAM by the VMM (so
 //! self-patching guests keep working), or, for a VMM-owned overlay page, answered with
 //! #GP(0) with the vCPU's registers rolled back to the faulting instruction.
@@ -24,13 +33,15 @@
 //! Calls at CPL 3 never reach user space on PVM hosts (the host kernel answers VMMCALL with
 //! -KVM_EPERM and raises #UD for VMCALL itself); this strategy traps CPL 0 only.
 
-use polyvisor_core::{Exception, HypercallInstruction};
+use polyvisor_core::{Exception, HypercallInstruction, Next};
 
 use crate::end::VmEnd;
 use crate::exits::{bump, handle_exit, Action, VmServices};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use crate::trap::{complete_pending, rip_gpa, rip_linear, serve, translate_linear};
+use crate::trap::{
+    answer, apply_outcome, complete_pending, dispatch, rip_gpa, rip_linear, serve, translate_linear,
+};
 use crate::vcpu::{Exit, VcpuBackend, VcpuError};
 
 /// Whether an MMIO write could be the emulator's whole hypercall patch.
@@ -70,6 +81,13 @@ fn instruction_at_rip(
         }
     }
     let mut bytes = [0u8; 3];
+    if gpas == [first, first + 1, first + 2] && first & 0xfff <= 0xffd {
+        // Within one page: one read.
+        if !vm.mem().read_visible(first, &mut bytes) {
+            return None;
+        }
+        return Some((gpas, bytes));
+    }
     for (b, g) in bytes.iter_mut().zip(gpas) {
         let mut one = [0u8; 1];
         if !vm.mem().read_visible(g, &mut one) {
@@ -117,7 +135,7 @@ pub fn on_mmio_write(
         // The guest's own write.
         if overlay {
             // A VMM-owned read-only page: #GP(0) at the writing instruction.
-            if let Some(other) = complete_pending(backend)? {
+            if let Some(other) = complete_pending(backend, vm, vcpu)? {
                 return handle_exit(other, vcpu, backend, vm);
             }
             backend.set_regs(&before)?;
@@ -128,10 +146,17 @@ pub fn on_mmio_write(
         bump(&vm.stats(vcpu).protected_writes);
         return Ok(Action::Continue);
     };
-    // The hypercall. Complete the emulation without applying the patch (swallowing the rest
-    // of it when the instruction crosses a page), then dispatch.
+    // The hypercall. When the patch is one write (the instruction does not cross a page)
+    // and the backend lets the next run finish the emulation after our register writes,
+    // answer now: one KVM_RUN per call instead of two.
+    let single = len == 3 && at_rip.is_some_and(|(gpas, _)| gpas == [gpa, gpa + 1, gpa + 2]);
+    if single && vm.trap().defer_completion && backend.defers_mmio_write_completion() {
+        return serve_deferred(vm, backend, vcpu, before, &sregs, insn, gpa);
+    }
+    // Otherwise complete the emulation without applying the patch (swallowing the rest of it
+    // when the instruction crosses a page), then dispatch.
     for _ in 0..3 {
-        match complete_pending(backend)? {
+        match complete_pending(backend, vm, vcpu)? {
             None => {
                 let regs = backend.regs()?;
                 if regs.rip != before.rip {
@@ -155,6 +180,33 @@ pub fn on_mmio_write(
         what: "the emulator kept writing after a hypercall patch".into(),
         dump: crate::exits::dump(backend),
     }))
+}
+
+/// Answers a call from its MMIO exit, before KVM's pending emulation is completed: the
+/// emulator's patch is a single write to read-only memory, whose completion in the next
+/// `KVM_RUN` only retires that write, after KVM has loaded the registers written here
+/// (`KVM_CAP_SYNC_REGS`' dirty registers or `KVM_SET_REGS`), and RIP at the exit is already
+/// on the instruction. An outcome that injects an exception completes the emulation first,
+/// so `KVM_SET_VCPU_EVENTS` never meets a pending one.
+fn serve_deferred(
+    vm: &dyn VmServices,
+    backend: &mut dyn VcpuBackend,
+    vcpu: u32,
+    regs: kvm_regs,
+    sregs: &kvm_sregs,
+    insn: HypercallInstruction,
+    insn_gpa: u64,
+) -> Result<Action, VcpuError> {
+    let mode = crate::trap::cpu_mode(sregs, regs.rflags);
+    let outcome = dispatch(vm, vcpu, &regs, sregs, insn);
+    if matches!(outcome.next, Next::Inject(_)) {
+        if let Some(other) = complete_pending(backend, vm, vcpu)? {
+            // Not expected for a single write; answer the call, then handle what came.
+            apply_outcome(backend, regs, mode, outcome, None)?;
+            return handle_exit(other, vcpu, backend, vm);
+        }
+    }
+    answer(vm, backend, vcpu, regs, sregs, outcome, Some(insn_gpa))
 }
 
 /// The watchdog kicked this vCPU because it stopped exiting: if it is spinning on a

@@ -34,7 +34,7 @@ pub fn on_hcall(
 ) -> Result<Action, VcpuError> {
     let before = backend.regs()?;
     backend.complete_xen_hcall(before.rax);
-    if let Some(other) = complete_pending(backend)? {
+    if let Some(other) = complete_pending(backend, vm, vcpu)? {
         return handle_exit(other, vcpu, backend, vm);
     }
     let mut regs = backend.regs()?;

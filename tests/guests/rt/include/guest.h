@@ -83,6 +83,8 @@ void guest_ap_main(unsigned vcpu); /* weak default: sti; hlt forever */
 extern const struct hvm_start_info *rt_start_info;
 /* Which entry path booted this image: RT_BOOT_ELF64 / RT_BOOT_PVH32 / RT_BOOT_PVH64. */
 extern volatile u32 rt_boot_protocol;
+/* The TSC vCPU 0 read at the image's first instructions (before the runtime's set-up). */
+extern volatile u64 rt_start_tsc;
 const char *rt_boot_protocol_name(void);
 
 /* --------------------------------------------------------- port I/O, CPU */
