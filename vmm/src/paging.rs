@@ -40,20 +40,8 @@ pub fn supervisor_writable(
     linear: u64,
     read8: &dyn Fn(u64) -> Option<u64>,
 ) -> Option<bool> {
-    // PAE PDPTEs have no R/W bit (it is reserved): they never make a page read-only.
-    let pae_legacy = regs.cr0 & CR0_PG != 0 && regs.efer & EFER_LMA == 0 && regs.cr4 & CR4_PAE != 0;
-    let pdpt = regs.cr3 & 0xffff_ffe0;
-    let read_only = std::cell::Cell::new(false);
-    let watch = |gpa: u64| {
-        let e = read8(gpa)?;
-        let pdpte = pae_legacy && (pdpt..pdpt + 32).contains(&gpa);
-        if e & PRESENT != 0 && e & RW == 0 && !pdpte {
-            read_only.set(true);
-        }
-        Some(e)
-    };
-    translate(regs, linear, &watch)?;
-    Some(regs.cr0 & CR0_PG == 0 || regs.cr0 & CR0_WP == 0 || !read_only.get())
+    let t = walk(regs, linear, read8)?;
+    Some(regs.cr0 & CR0_PG == 0 || regs.cr0 & CR0_WP == 0 || t.writable)
 }
 
 /// A translation with the permissions every level of the walk granted.
