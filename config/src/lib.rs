@@ -184,6 +184,10 @@ pub struct VmConfig {
     /// Where the VM console goes: absent for standard output, or a file path.
     #[serde(default)]
     pub console: Option<PathBuf>,
+    /// Host input for the guest's console (Xen's `CONSOLEIO_read`): a file, a FIFO, or `-`
+    /// for standard input. Absent: the guest reads nothing.
+    #[serde(default)]
+    pub console_input: Option<PathBuf>,
     /// Seconds the VM may run before it is stopped (0: no limit).
     #[serde(default, deserialize_with = "range::timeout")]
     pub timeout_secs: u32,
@@ -205,6 +209,7 @@ impl Default for VmConfig {
             boot: BootProtocol::Auto,
             cmdline: String::new(),
             console: None,
+            console_input: None,
             timeout_secs: 0,
         }
     }

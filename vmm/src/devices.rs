@@ -33,6 +33,7 @@ pub enum ConsoleSink {
 pub struct Console {
     sink: Mutex<ConsoleSink>,
     lines: Box<[Mutex<Vec<u8>>]>,
+    input: crate::console_input::ConsoleInput,
 }
 
 impl Console {
@@ -41,7 +42,18 @@ impl Console {
         Console {
             sink: Mutex::new(sink),
             lines: (0..vcpus.max(1)).map(|_| Mutex::new(Vec::with_capacity(LINE_MAX))).collect(),
+            input: crate::console_input::ConsoleInput::default(),
         }
+    }
+
+    /// The same console with host input for the guest.
+    pub fn with_input(self, input: crate::console_input::ConsoleInput) -> Self {
+        Console { input, ..self }
+    }
+
+    /// Moves waiting host input into `buf`; returns how many bytes (0 when none wait).
+    pub fn read(&self, buf: &mut [u8]) -> usize {
+        self.input.read(buf)
     }
 
     fn emit(&self, bytes: &[u8]) {

@@ -25,6 +25,7 @@
 
 pub mod bench;
 pub mod boot;
+pub mod console_input;
 pub mod cpuid;
 pub mod debug_channel;
 pub mod devices;

@@ -61,8 +61,8 @@ impl Platform for VmShared {
         self.console.write(vcpu, bytes);
     }
 
-    fn console_read(&self, _buf: &mut [u8]) -> usize {
-        0
+    fn console_read(&self, buf: &mut [u8]) -> usize {
+        self.console.read(buf)
     }
 
     fn vcpu_count(&self) -> u32 {

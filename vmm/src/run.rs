@@ -11,6 +11,7 @@ use polyvisor_core::{Dispatch, RowInfo};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::{self, EntryState, Seg};
+use crate::console_input::ConsoleInput;
 use crate::devices::{Console, ConsoleSink};
 use crate::end::VmEnd;
 use crate::exits::{ExitTiming, ExitTimingSnapshot, StatsSnapshot};
@@ -366,6 +367,16 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         .or(host.tsc_khz);
     let tsc_offset = vcpus.first().map(|v| tsc_offset(v.fd())).unwrap_or(0);
 
+    let input = match &cfg.vm.console_input {
+        Some(p) if p.as_os_str() == "-" => ConsoleInput::open(p),
+        Some(p) => ConsoleInput::open(&config.resolve(p)),
+        None => Ok(ConsoleInput::default()),
+    }
+    .map_err(|source| VmmError::File {
+        what: "console input",
+        path: cfg.vm.console_input.clone().unwrap_or_default(),
+        source,
+    })?;
     let sink = if options.capture_console {
         ConsoleSink::Capture(Vec::new())
     } else if let Some(p) = &cfg.vm.console {
@@ -398,7 +409,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         layout,
         vcpus: cfg.vm.vcpus,
         dispatch: dispatch.clone(),
-        console: Console::new(sink, cfg.vm.vcpus),
+        console: Console::new(sink, cfg.vm.vcpus).with_input(input),
         trap: TrapConfig {
             strategy,
             instruction: cfg.host.instruction,

@@ -213,6 +213,39 @@ fn abi_one_vcpu() {
 }
 
 #[test]
+fn console_input_reaches_the_guest() {
+    let dir = std::env::temp_dir().join(format!("polyvisor-xen-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "host-says-hello").unwrap();
+    let (words, _) = host_words(false);
+    let text = format!(
+        "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n[vm]\nmemory_mib = \
+         {MEM_MIB}\nvcpus = 1\nboot = \"pvh\"\nconsole_input = \"{}\"\ncmdline = \"{words} \
+         console_in=host-says-hello\"\n",
+        input.display()
+    );
+    let cfg = LoadedConfig::parse_str(&text).unwrap();
+    let bytes = polyvisor_guests::image("xen_abi_pvh64").unwrap();
+    let r = run(
+        &cfg,
+        RunOptions {
+            capture_console: true,
+            kernel_override: Some(bytes.to_vec()),
+            timeout: Some(Duration::from_secs(20)),
+            host: Some(host().clone()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_passed(&r, 240);
+    let console = r.console_text();
+    assert!(console.contains("[ok] CONSOLEIO_read returns the host's input"), "{}", show(&r));
+    assert!(console.contains("[ok] CONSOLEIO_read wrote exactly the host's bytes"), "{}", show(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn abi_disabled_is_enosys() {
     for (image, boot) in [
         ("xen_abi_pvh64", "pvh"),

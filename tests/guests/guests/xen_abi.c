@@ -528,7 +528,18 @@ static void check_console(void)
            "CONSOLEIO_write of 5000 bytes (50 lines of letters above)");
     EXPECT(HC3(__HYPERVISOR_console_io, CONSOLEIO_write, 64, (ureg)-32), -XEN_EFAULT,
            "CONSOLEIO_write from a wrapping pointer");
-    /* No console input is attached to the VM: a read returns 0 and writes nothing. */
+    /* console_in=TEXT: the host attached TEXT as console input ([vm] console_input); the
+       first read returns exactly it. Then (or without input) a read returns 0 and writes
+       nothing. */
+    char want_in[48];
+    if (cmdline_get("console_in", want_in, sizeof want_in) >= 0) {
+        long n = (long)strlen(want_in);
+        memset(buf, 0xaa, 128);
+        EXPECT(HC3(__HYPERVISOR_console_io, CONSOLEIO_read, 64, PTR(buf)), n,
+               "CONSOLEIO_read returns the host's input");
+        check(strncmp((const char *)buf, want_in, (size_t)n) == 0 && all(buf + n, 128 - n, 0xaa),
+              "CONSOLEIO_read wrote exactly the host's bytes");
+    }
     memset(buf, 0xaa, 128);
     EXPECT(HC3(__HYPERVISOR_console_io, CONSOLEIO_read, 64, PTR(buf)), 0,
            "CONSOLEIO_read with no input pending");

@@ -23,6 +23,10 @@ pub(crate) struct RunArgs {
     /// Kernel command line, overriding `[vm] cmdline`.
     #[arg(long, value_name = "TEXT")]
     cmdline: Option<String>,
+    /// Host input for the guest console (a file, a FIFO, or - for standard input), overriding
+    /// `[vm] console_input`.
+    #[arg(long, value_name = "FILE")]
+    console_input: Option<PathBuf>,
     /// Number of vCPUs, overriding `[vm] vcpus`.
     #[arg(long, value_name = "N")]
     vcpus: Option<u32>,
@@ -51,6 +55,13 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
     if let Some(kernel) = &args.kernel {
         // A kernel given on the command line is relative to the current folder.
         vm.kernel = Some(std::path::absolute(kernel).unwrap_or_else(|_| kernel.clone()));
+    }
+    if let Some(input) = &args.console_input {
+        vm.console_input = Some(if input.as_os_str() == "-" {
+            input.clone()
+        } else {
+            std::path::absolute(input).unwrap_or_else(|_| input.clone())
+        });
     }
     if let Some(cmdline) = &args.cmdline {
         vm.cmdline = cmdline.clone();
