@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use serde::de::Error;
 use serde::{Deserialize, Deserializer, Serialize};
 use strum::{Display, EnumString, VariantNames};
 
@@ -43,16 +42,7 @@ pub struct BhyveConfig {
 
 /// A probe log path: present means a file, so it must name one.
 fn probe_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim().is_empty() {
-        return Err(D::Error::custom(
-            "probe_log must name a file; leave the key out to send probe events to the log",
-        ));
-    }
-    if s.contains('\0') {
-        return Err(D::Error::custom("probe_log must not contain NUL characters"));
-    }
-    Ok(Some(PathBuf::from(s)))
+    crate::range::file_path(d, "probe_log", "to send probe events to the log")
 }
 
 #[cfg(test)]

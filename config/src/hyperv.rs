@@ -74,16 +74,7 @@ pub struct HypervConfig {
 
 /// A debug channel path: present means a file, so it must name one.
 fn debug_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim().is_empty() {
-        return Err(D::Error::custom(
-            "a debug channel path must name a file; leave the key out for no channel",
-        ));
-    }
-    if s.contains('\0') {
-        return Err(D::Error::custom("a debug channel path must not contain NUL characters"));
-    }
-    Ok(Some(PathBuf::from(s)))
+    crate::range::file_path(d, "a debug channel path", "for no channel")
 }
 
 fn default_vendor() -> String {

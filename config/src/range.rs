@@ -52,3 +52,22 @@ pub(crate) fn cmdline<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Erro
     }
     Ok(s)
 }
+
+/// A path key whose presence means a file: it must name one and hold no NUL. `subject` names
+/// the key in messages; `absent` says what leaving it out does.
+pub(crate) fn file_path<'de, D: Deserializer<'de>>(
+    d: D,
+    subject: &str,
+    absent: &str,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(D::Error::custom(format!(
+            "{subject} must name a file; leave the key out {absent}"
+        )));
+    }
+    if s.contains('\0') {
+        return Err(D::Error::custom(format!("{subject} must not contain NUL characters")));
+    }
+    Ok(Some(std::path::PathBuf::from(s)))
+}
