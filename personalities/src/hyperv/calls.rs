@@ -517,6 +517,20 @@ fn overlap(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
     a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
 }
 
+/// The Count field (low half of the first qword) of a debug-data input block at `input`,
+/// bounded by [`DEBUG_DATA_MAX`].
+fn debug_count(call: &Call<'_>, input: u64) -> Result<usize, Reply> {
+    let head = call
+        .memory
+        .read_obj::<u64>(GuestAddress(input))
+        .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
+    let count = (head & 0xffff_ffff) as usize;
+    if count > DEBUG_DATA_MAX {
+        return Err(status(HV_STATUS_INVALID_PARAMETER));
+    }
+    Ok(count)
+}
+
 /// HvCallPostDebugData: input {Count u32, Options u32, Data[Count]}, output {PendingCount
 /// u32}. The bytes go to the VMM's debug channel; what it does not take is pending and the
 /// status is HV_STATUS_INSUFFICIENT_BUFFERS (QEMU `hyperv_hcall_post_dbg_data`).
@@ -525,14 +539,7 @@ fn post_debug_data(p: &HyperV, call: &mut Call<'_>) -> Reply {
         let hc = debug_prologue(p, call, false)?;
         check_block(call, hc.input, 8)?;
         check_block(call, hc.output, 8)?;
-        let head = call
-            .memory
-            .read_obj::<u64>(GuestAddress(hc.input))
-            .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
-        let count = (head & 0xffff_ffff) as usize;
-        if count > DEBUG_DATA_MAX {
-            return Err(status(HV_STATUS_INVALID_PARAMETER));
-        }
+        let count = debug_count(call, hc.input)?;
         let len = 8 + count as u64;
         check_block(call, hc.input, len)?;
         if overlap(hc.input, len, hc.output, 8) {
@@ -564,14 +571,7 @@ fn retrieve_debug_data(p: &HyperV, call: &mut Call<'_>) -> Reply {
     let run = || -> Result<Reply, Reply> {
         let hc = debug_prologue(p, call, false)?;
         check_block(call, hc.input, 16)?;
-        let head = call
-            .memory
-            .read_obj::<u64>(GuestAddress(hc.input))
-            .map_err(|_| status(HV_STATUS_INVALID_ALIGNMENT))?;
-        let count = (head & 0xffff_ffff) as usize;
-        if count > DEBUG_DATA_MAX {
-            return Err(status(HV_STATUS_INVALID_PARAMETER));
-        }
+        let count = debug_count(call, hc.input)?;
         let out_len = 8 + count as u64;
         check_block(call, hc.output, out_len)?;
         if overlap(hc.input, 16, hc.output, out_len) {
