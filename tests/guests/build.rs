@@ -106,10 +106,30 @@ const GUESTS: &[Guest] = &[
     Guest { name: "xen_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi64", flavour: Flavour::Elf64, sources: &["guests/xen_abi.c"] },
     Guest { name: "bench64", flavour: Flavour::Elf64, sources: &["guests/bench.c"] },
+    Guest { name: "matrix_bhyve64", flavour: Flavour::Elf64, sources: &["guests/matrix_bhyve.c"] },
+    Guest {
+        name: "matrix_bhyve_pvh32",
+        flavour: Flavour::Pvh32,
+        sources: &["guests/matrix_bhyve.c"],
+    },
+    Guest { name: "matrix_kvm64", flavour: Flavour::Elf64, sources: &["guests/matrix_kvm.c"] },
+    Guest { name: "matrix_kvm_pvh32", flavour: Flavour::Pvh32, sources: &["guests/matrix_kvm.c"] },
+    Guest {
+        name: "matrix_hyperv64",
+        flavour: Flavour::Elf64,
+        sources: &["guests/matrix_hyperv.c"],
+    },
+    Guest {
+        name: "matrix_hyperv_pvh32",
+        flavour: Flavour::Pvh32,
+        sources: &["guests/matrix_hyperv.c"],
+    },
+    Guest { name: "matrix_xen64", flavour: Flavour::Elf64, sources: &["guests/matrix_xen.c"] },
+    Guest { name: "matrix_xen_pvh32", flavour: Flavour::Pvh32, sources: &["guests/matrix_xen.c"] },
 ];
 
 /// Runtime C files linked into every guest.
-const RT_COMMON_C: &[&str] = &["rt/lib.c", "rt/cpu.c"];
+const RT_COMMON_C: &[&str] = &["rt/lib.c", "rt/cpu.c", "rt/check.c"];
 
 /// Flags for every C and assembly file.
 const CFLAGS: &[&str] = &[

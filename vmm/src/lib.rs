@@ -8,6 +8,8 @@
 //! - [`host_check`]: what this host's KVM offers ([`HostReport`], printable);
 //! - [`bench::run_bench`]: hypercall round trips against the port-I/O floor and the other
 //!   numbers of `polyvisor bench` (`docs/performance.md`);
+//! - [`selftest::run_matrix`]: the cross-personality matrix of `polyvisor selftest`
+//!   (`docs/testing.md`);
 //! - [`parse_kernel`]: the pure, bounds-checked ELF reader (a fuzz target).
 //!
 //! See `docs/host-support.md` for the strategies, the host facts behind them, the boot
@@ -38,6 +40,7 @@ pub mod memory;
 pub mod paging;
 pub mod platform;
 pub mod run;
+pub mod selftest;
 pub mod testing;
 pub mod trap;
 pub mod vcpu;

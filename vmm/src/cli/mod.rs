@@ -4,6 +4,7 @@ mod bench_cmd;
 mod config_cmd;
 mod exit;
 mod run_cmd;
+mod selftest_cmd;
 mod tables;
 
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ enum Command {
     /// Measure hypercall round trips against the port-I/O floor, dispatch-only cost,
     /// start-up, memory and SMP throughput on this host (docs/performance.md).
     Bench(bench_cmd::BenchArgs),
+    /// Run the cross-personality matrix on this host: every behaviour in every mode, as a
+    /// table of pass / FAIL / n/a; exit status 1 on any failure (docs/testing.md).
+    Selftest(selftest_cmd::SelftestArgs),
 }
 
 /// Options shared by commands that read a configuration.
@@ -84,6 +88,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Hypercalls(args) => tables::hypercalls(&args).code(),
         Command::Config(cmd) => config_cmd::run(&cmd).code(),
         Command::Bench(args) => bench_cmd::bench(&args).code(),
+        Command::Selftest(args) => selftest_cmd::selftest(&args).code(),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
 }

@@ -171,6 +171,16 @@ __noreturn void panic(const char *fmt, ...) __printf(1, 2);
             panic("assertion failed: %s (%s:%d)", #cond, __FILE__, __LINE__);               \
     } while (0)
 
+/* -------------------------------------------------------------- checks */
+/* One line per check: "<guest>: ok   <what>" or "<guest>: FAIL <what>: got X want Y".
+   Each returns whether the check passed. check_summary() prints "<guest>: N ok, M failed"
+   and returns the exit status: 0 when every check passed and at least one ran, else 1. */
+bool check_eq(const char *what, u64 got, u64 want);            /* values, printed in hex */
+bool check_true(const char *what, bool ok, const char *got_fmt, ...) __printf(3, 4);
+bool check_fault(const char *what, int got_vector, int want_vector); /* 0 = no fault */
+u32 checks_failed_so_far(void);
+int check_summary(void);
+
 /* ------------------------------------------------------------- strings */
 void *memcpy(void *d, const void *s, size_t n);
 void *memmove(void *d, const void *s, size_t n);
