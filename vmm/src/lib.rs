@@ -41,6 +41,7 @@ pub mod paging;
 pub mod platform;
 pub mod run;
 pub mod selftest;
+pub mod tables;
 pub mod testing;
 pub mod trap;
 pub mod vcpu;

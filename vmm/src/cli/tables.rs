@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use polyvisor_config::LoadedConfig;
-use polyvisor_core::{CpuidLeaf, Dispatch, RowInfo};
+use polyvisor_core::Dispatch;
 use polyvisor_personalities::{BuildError, HostFacts};
 
 use super::exit::{fail, Status};
@@ -72,17 +72,6 @@ fn engine_for(args: &ConfigArgs) -> Result<Arc<dyn Dispatch>, Status> {
     build_engine(&loaded, &host_facts()).map_err(|(status, msg)| fail(status, msg))
 }
 
-/// The printable part of a signature, or None when it is not text.
-fn signature_text(leaf: &CpuidLeaf) -> Option<String> {
-    let bytes = leaf.signature_bytes();
-    bytes.iter().all(|b| *b == 0 || b.is_ascii_graphic() || *b == b' ').then(|| {
-        bytes
-            .iter()
-            .map(|b| if *b == 0 { "\\0".to_string() } else { char::from(*b).to_string() })
-            .collect()
-    })
-}
-
 pub(crate) fn cpuid(args: &CpuidArgs) -> Status {
     let engine = match engine_for(&args.config) {
         Ok(e) => e,
@@ -107,48 +96,8 @@ pub(crate) fn cpuid(args: &CpuidArgs) -> Status {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return Status::Ok;
     }
-    println!("CPUID leaves shown in mode {} (vCPU {}):", engine.mode(), args.vcpu);
-    println!("{:<14} {:<10} {:<10} {:<10} {:<10}", "leaf", "eax", "ebx", "ecx", "edx");
-    for leaf in &leaves {
-        let name = if leaf.indexed {
-            format!("{:#010x}.{}", leaf.function, leaf.index)
-        } else {
-            format!("{:#010x}", leaf.function)
-        };
-        println!(
-            "{name:<14} {:#010x} {:#010x} {:#010x} {:#010x}",
-            leaf.eax, leaf.ebx, leaf.ecx, leaf.edx
-        );
-        let mut meaning = engine.explain_cpuid(leaf);
-        if meaning.is_empty() && leaf.function & 0xff == 0 {
-            if let Some(text) = signature_text(leaf) {
-                meaning.push(format!("signature \"{text}\", highest leaf {:#010x}", leaf.eax));
-            }
-        }
-        for line in meaning {
-            println!("    {line}");
-        }
-    }
+    print!("{}", polyvisor_vmm::tables::cpuid_table(&*engine, args.vcpu));
     Status::Ok
-}
-
-fn print_rows(rows: &[RowInfo]) {
-    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    println!(
-        "{:<8} {:<width$} {:<6} {:<12} {:<8} summary",
-        "number", "name", "rings", "implemented", "enabled"
-    );
-    for r in rows {
-        println!(
-            "{:<8} {:<width$} {:<6} {:<12} {:<8} {}",
-            format!("{:#x}", r.number),
-            r.name,
-            r.rings,
-            if r.implemented { "yes" } else { "no" },
-            if r.permitted { "yes" } else { "no" },
-            r.summary
-        );
-    }
 }
 
 pub(crate) fn hypercalls(args: &HypercallsArgs) -> Status {
@@ -161,10 +110,6 @@ pub(crate) fn hypercalls(args: &HypercallsArgs) -> Status {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return Status::Ok;
     }
-    println!("Hypercalls of mode {}:", engine.mode());
-    print_rows(&rows);
-    if !rows.iter().any(|r| r.permitted) {
-        println!("(hypercalls are disabled: set [hypervisor] hypercalls_enabled = true, or pass --enable-hypercalls)");
-    }
+    print!("{}", polyvisor_vmm::tables::hypercall_table(&*engine));
     Status::Ok
 }

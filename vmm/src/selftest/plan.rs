@@ -390,12 +390,8 @@ mod tests {
     use crate::trap::probe::CallFate;
     use crate::trap::TrapStrategy;
 
-    const MODES: [HypervisorMode; 4] = [
-        HypervisorMode::Bhyve,
-        HypervisorMode::Kvm,
-        HypervisorMode::Hyperv,
-        HypervisorMode::Xen,
-    ];
+    const MODES: [HypervisorMode; 4] =
+        [HypervisorMode::Bhyve, HypervisorMode::Kvm, HypervisorMode::Hyperv, HypervisorMode::Xen];
 
     /// A host like the development hosts, or one without a CPL 3 trap and a stable TSC.
     fn host(cpl3_vmmcall: CallFate, stable_tsc: bool) -> HostReport {
@@ -445,8 +441,7 @@ mod tests {
         let host = host(CallFate::TrappedAsMmio, true);
         let config = polyvisor_config::Config::default();
         for mode in MODES {
-            let engine =
-                polyvisor_personalities::build_mode(mode, &config, &host.facts()).unwrap();
+            let engine = polyvisor_personalities::build_mode(mode, &config, &host.facts()).unwrap();
             let rows = engine.rows();
             for b in Behaviour::ALL {
                 let Plan::Run(s) = plan(mode, b, &host) else { continue };
