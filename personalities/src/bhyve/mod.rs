@@ -11,6 +11,8 @@
 
 pub mod abi;
 mod codec;
+#[cfg(test)]
+mod codec_props;
 pub mod cpuid;
 mod probe_log;
 mod probes;

@@ -15,6 +15,8 @@ pub mod cpuid;
 pub mod msr;
 
 #[cfg(test)]
+mod codec_props;
+#[cfg(test)]
 mod conformance;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,8 @@ mod msr;
 pub mod pvclock;
 
 #[cfg(test)]
+mod codec_props;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

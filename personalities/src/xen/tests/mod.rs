@@ -2,6 +2,7 @@
 //! conventions, every refusal kind and bad guest pointers.
 
 mod codec;
+mod codec_props;
 mod console;
 mod cpuid;
 mod hvm;
