@@ -18,18 +18,18 @@ impl Verdict {
 impl fmt::Display for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "polyvisor selftest: trap strategy {}; CPL 3 calls: {}", self.trap, self.cpl3)?;
-        write!(f, "{:<13}", "behaviour")?;
+        let mut header = format!("{:<13}", "behaviour");
         for mode in &self.modes {
-            write!(f, " {:<8}", mode.to_string())?;
+            header.push_str(&format!(" {:<8}", mode.to_string()));
         }
-        writeln!(f)?;
+        writeln!(f, "{}", header.trim_end())?;
         for &behaviour in &self.behaviours {
-            write!(f, "{:<13}", behaviour.name())?;
+            let mut line = format!("{:<13}", behaviour.name());
             for &mode in &self.modes {
                 let word = self.cell(mode, behaviour).map_or("-", |c| c.verdict.word());
-                write!(f, " {word:<8}")?;
+                line.push_str(&format!(" {word:<8}"));
             }
-            writeln!(f)?;
+            writeln!(f, "{}", line.trim_end())?;
         }
         let notes: Vec<_> = self
             .cells
