@@ -13,6 +13,8 @@
 )]
 
 pub mod bhyve;
+#[cfg(test)]
+mod codec_strategies;
 pub mod hyperv;
 pub mod kvm;
 pub mod xen;

@@ -1,15 +1,7 @@
 //! `polyvisor config check` and the table commands, run as a user runs them.
 
-use std::process::Command;
-
-fn polyvisor(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_polyvisor")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::polyvisor;
 
 fn check(text: &str) -> (i32, String) {
     let dir = tempdir();

@@ -1,16 +1,8 @@
 //! `polyvisor run` and `polyvisor host-check` as a user runs them: the built-in guest in every
 //! mode, asserting what the guest printed.
 
-use std::process::Command;
-
-fn polyvisor(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_polyvisor")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::polyvisor;
 
 #[test]
 fn default_run_boots_the_builtin_guest_with_hypercalls_off() {

@@ -2,7 +2,9 @@
 //! KVM, a deliberately broken personality failing exactly its cells, and `polyvisor selftest`
 //! as a user runs it.
 
-use std::process::Command;
+mod common;
+use common::polyvisor;
+
 use std::sync::{Arc, OnceLock};
 
 use polyvisor_config::HypervisorMode;
@@ -184,15 +186,6 @@ fn a_broken_personality_fails_exactly_its_cells() {
         .map(|b| (HypervisorMode::Kvm, b))
         .collect();
     assert_eq!(failed(&m), want, "{}", show(&m));
-}
-
-fn polyvisor(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_polyvisor")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

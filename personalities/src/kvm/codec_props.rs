@@ -7,34 +7,11 @@ use proptest::prelude::*;
 
 use super::abi;
 use super::codec::{decode, encode, error, refusal_code, refuse};
-
-fn mode() -> impl Strategy<Value = CpuMode> {
-    prop_oneof![Just(CpuMode::Long64), Just(CpuMode::Protected32), Just(CpuMode::Real)]
-}
-
-fn refusal() -> impl Strategy<Value = Refusal> {
-    (any::<u64>(), 0u8..4).prop_flat_map(|(number, cpl)| {
-        prop_oneof![
-            Just(Refusal::Disabled),
-            Just(Refusal::Unknown { number }),
-            Just(Refusal::Unimplemented { number }),
-            Just(Refusal::Denied { number }),
-            Just(Refusal::WrongRing { number, cpl }),
-        ]
-    })
-}
+use crate::codec_strategies::{all_ones, any_mode as mode, any_refusal as refusal};
 
 #[test]
 fn all_ones_registers_decode_to_the_maximum_at_each_width() {
-    let ones = Registers {
-        rax: u64::MAX,
-        rbx: u64::MAX,
-        rcx: u64::MAX,
-        rdx: u64::MAX,
-        rsi: u64::MAX,
-        ..Default::default()
-    };
-    let mut v = snapshot(ones);
+    let mut v = snapshot(all_ones());
     assert_eq!(decode(&v).number, u64::MAX);
     assert_eq!(decode(&v).args, [u64::MAX, u64::MAX, u64::MAX, u64::MAX, 0, 0]);
     v.mode = CpuMode::Protected32;

@@ -391,15 +391,7 @@ static ureg probes_created; /* the highest id handed out */
 /* Highest end of guest RAM from the memory map, 0 if unknown. */
 static u64 ram_end(const struct hvm_start_info *si)
 {
-    u64 end = 0;
-    if (!si || si->version < 1 || !si->memmap_paddr)
-        return 0;
-    const struct hvm_memmap_table_entry *e =
-        (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
-    for (u32 i = 0; i < si->memmap_entries; i++)
-        if (e[i].type == 1 && e[i].addr + e[i].size > end)
-            end = e[i].addr + e[i].size;
-    return end;
+    return rt_ram_end(si);
 }
 
 /* PROBE_CREATE of `len` bytes at `p` at CPL 0; `want` is the id it must hand out, or 0 if it

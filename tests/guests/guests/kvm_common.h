@@ -315,15 +315,7 @@ static inline ureg gpa(const volatile void *p)
 /* Highest end of guest RAM from the memory map, 0 if unknown. */
 static inline u64 ram_end(const struct hvm_start_info *si)
 {
-    u64 end = 0;
-    if (!si || si->version < 1 || !si->memmap_paddr)
-        return 0;
-    const struct hvm_memmap_table_entry *e =
-        (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
-    for (u32 i = 0; i < si->memmap_entries; i++)
-        if (e[i].type == 1 && e[i].addr + e[i].size > end)
-            end = e[i].addr + e[i].size;
-    return end;
+    return rt_ram_end(si);
 }
 
 /* Whether [addr, addr + len) is inside one RAM entry of the memory map. */

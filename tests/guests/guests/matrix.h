@@ -101,16 +101,25 @@ static inline void mx_check_signature(u32 leaf, const char *want, u32 max_leaf)
 /* Highest end of RAM in the memory map (0 if unknown). */
 static inline u64 mx_ram_end(void)
 {
-    const struct hvm_start_info *si = rt_start_info;
-    u64 end = 0;
-    if (!si || si->version < 1 || !si->memmap_paddr)
-        return 0;
-    const struct hvm_memmap_table_entry *e =
-        (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
-    for (u32 i = 0; i < si->memmap_entries; i++)
-        if (e[i].type == 1 && e[i].addr + e[i].size > end)
-            end = e[i].addr + e[i].size;
-    return end;
+    return rt_ram_end(rt_start_info);
+}
+
+/* Spins `n` pauses: a little guest time for a clock to advance. */
+static inline void mx_spin(unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        pause();
+}
+
+/* A clock read twice around mx_spin(): it advanced, and it counts from the VM's start
+ * (below `limit`, 60 s in its units). */
+static inline void mx_check_clock(const char *name, u64 t0, u64 t1, u64 limit)
+{
+    char what[96];
+    gsnprintf(what, sizeof what, "%s advances", name);
+    check_true(what, t1 > t0, "%llu then %llu", t0, t1);
+    gsnprintf(what, sizeof what, "%s counts from the VM's start (below 60 s)", name);
+    check_true(what, t1 < limit, "%llu", t1);
 }
 
 /* ------------------------------------------------------------ a second vCPU */
@@ -158,8 +167,7 @@ static inline bool mx_ap_waiting(u32 vector)
     bool up = wait_for_aps(1, 10000000ull) == 1 && mx_wait_flag(&mx_ap_ready, 10000000ull);
     check_true("vCPU 1 is up and waiting", up, "not up");
     /* Give it time to reach its hlt (a wake before it is latched anyway). */
-    for (int i = 0; i < 2000; i++)
-        pause();
+    mx_spin(2000);
     return up;
 }
 

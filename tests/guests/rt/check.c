@@ -13,20 +13,27 @@
 
 static volatile u32 checks_passed, checks_failed;
 
-static void count(bool ok)
+/* Counts a check and prints its line; the details follow "FAIL <what>: " on failure only. */
+static bool report(bool ok, const char *what, const char *fmt, ...) __printf(3, 4);
+static bool report(bool ok, const char *what, const char *fmt, ...)
 {
     __atomic_add_fetch(ok ? &checks_passed : &checks_failed, 1, __ATOMIC_RELAXED);
+    if (ok) {
+        gprintf("%s: ok   %s\n", GUEST_NAME, what);
+        return true;
+    }
+    char details[200];
+    va_list ap;
+    va_start(ap, fmt);
+    gvsnprintf(details, sizeof details, fmt, ap);
+    va_end(ap);
+    gprintf("%s: FAIL %s: %s\n", GUEST_NAME, what, details);
+    return false;
 }
 
 bool check_eq(const char *what, u64 got, u64 want)
 {
-    bool ok = got == want;
-    count(ok);
-    if (ok)
-        gprintf("%s: ok   %s\n", GUEST_NAME, what);
-    else
-        gprintf("%s: FAIL %s: got 0x%llx want 0x%llx\n", GUEST_NAME, what, got, want);
-    return ok;
+    return report(got == want, what, "got 0x%llx want 0x%llx", got, want);
 }
 
 bool check_true(const char *what, bool ok, const char *got_fmt, ...)
@@ -36,12 +43,7 @@ bool check_true(const char *what, bool ok, const char *got_fmt, ...)
     va_start(ap, got_fmt);
     gvsnprintf(got, sizeof got, got_fmt, ap);
     va_end(ap);
-    count(ok);
-    if (ok)
-        gprintf("%s: ok   %s\n", GUEST_NAME, what);
-    else
-        gprintf("%s: FAIL %s: got %s\n", GUEST_NAME, what, got);
-    return ok;
+    return report(ok, what, "got %s", got);
 }
 
 static const char *fault_name(int vector)
@@ -51,14 +53,7 @@ static const char *fault_name(int vector)
 
 bool check_fault(const char *what, int got, int want)
 {
-    bool ok = got == want;
-    count(ok);
-    if (ok)
-        gprintf("%s: ok   %s\n", GUEST_NAME, what);
-    else
-        gprintf("%s: FAIL %s: got %s want %s\n", GUEST_NAME, what, fault_name(got),
-                fault_name(want));
-    return ok;
+    return report(got == want, what, "got %s want %s", fault_name(got), fault_name(want));
 }
 
 u32 checks_failed_so_far(void)

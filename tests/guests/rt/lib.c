@@ -434,3 +434,17 @@ u64 cmdline_get_u64(const char *key, u64 dflt)
         return dflt;
     return out;
 }
+
+/* ------------------------------------------------------------- memory map */
+u64 rt_ram_end(const struct hvm_start_info *si)
+{
+    u64 end = 0;
+    if (!si || si->version < 1 || !si->memmap_paddr)
+        return 0;
+    const struct hvm_memmap_table_entry *e =
+        (const struct hvm_memmap_table_entry *)(uptr)si->memmap_paddr;
+    for (u32 i = 0; i < si->memmap_entries; i++)
+        if (e[i].type == 1 && e[i].addr + e[i].size > end)
+            end = e[i].addr + e[i].size;
+    return end;
+}

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Matrix, Verdict};
+use super::{Cell, Matrix, Verdict};
 
 impl Verdict {
     /// The word in the table.
@@ -12,6 +12,20 @@ impl Verdict {
             Verdict::Fail(_) => "FAIL",
             Verdict::NotApplicable(_) => "n/a",
         }
+    }
+}
+
+impl Matrix {
+    /// The cells whose verdict `pick` selects, with the verdict's reason.
+    fn reasons(&self, pick: impl Fn(&Verdict) -> bool) -> Vec<(&Cell, &str)> {
+        self.cells
+            .iter()
+            .filter(|c| pick(&c.verdict))
+            .filter_map(|c| match &c.verdict {
+                Verdict::Fail(why) | Verdict::NotApplicable(why) => Some((c, why.as_str())),
+                Verdict::Pass => None,
+            })
+            .collect()
     }
 }
 
@@ -31,28 +45,14 @@ impl fmt::Display for Matrix {
             }
             writeln!(f, "{}", line.trim_end())?;
         }
-        let notes: Vec<_> = self
-            .cells
-            .iter()
-            .filter_map(|c| match &c.verdict {
-                Verdict::NotApplicable(why) => Some((c, why)),
-                _ => None,
-            })
-            .collect();
+        let notes = self.reasons(|v| matches!(v, Verdict::NotApplicable(_)));
         if !notes.is_empty() {
             writeln!(f, "not applicable:")?;
-            for (c, why) in notes {
+            for (c, why) in &notes {
                 writeln!(f, "  {} {}: {why}", c.mode, c.behaviour)?;
             }
         }
-        let failures: Vec<_> = self
-            .cells
-            .iter()
-            .filter_map(|c| match &c.verdict {
-                Verdict::Fail(why) => Some((c, why)),
-                _ => None,
-            })
-            .collect();
+        let failures = self.reasons(|v| matches!(v, Verdict::Fail(_)));
         if !failures.is_empty() {
             writeln!(f, "failures:")?;
             for (c, why) in &failures {
@@ -61,13 +61,12 @@ impl fmt::Display for Matrix {
             }
         }
         let pass = self.cells.iter().filter(|c| c.verdict == Verdict::Pass).count();
-        let na = self.cells.iter().filter(|c| matches!(c.verdict, Verdict::NotApplicable(_)));
         writeln!(
             f,
             "{} cells: {pass} pass, {} fail, {} not applicable",
             self.cells.len(),
             failures.len(),
-            na.count()
+            notes.len()
         )
     }
 }

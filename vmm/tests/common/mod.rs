@@ -45,3 +45,14 @@ pub fn run_guest(name: &str, vcpus: u32, cmdline: &str) -> (RunReport, Arc<TestP
 pub fn show(r: &RunReport) -> String {
     format!("--- console ---\n{}--- end ---\n{}\n{:?}", r.console_text(), r.message, r.stats)
 }
+
+/// Runs the `polyvisor` binary: (exit status, standard output, standard error).
+pub fn polyvisor(args: &[&str]) -> (i32, String, String) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_polyvisor")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

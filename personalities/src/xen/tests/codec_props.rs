@@ -6,24 +6,12 @@ use polyvisor_core::testing::snapshot;
 use polyvisor_core::{CpuMode, Gpr, Outcome, Registers, Reply};
 use proptest::prelude::*;
 
+use crate::codec_strategies::all_ones;
 use crate::xen::codec::{decode, encode, Width};
 
 #[test]
 fn all_ones_registers_decode_to_the_maximum_at_each_width() {
-    let ones = Registers {
-        rax: u64::MAX,
-        rbx: u64::MAX,
-        rcx: u64::MAX,
-        rdx: u64::MAX,
-        rsi: u64::MAX,
-        rdi: u64::MAX,
-        rbp: u64::MAX,
-        r8: u64::MAX,
-        r9: u64::MAX,
-        r10: u64::MAX,
-        ..Default::default()
-    };
-    let mut v = snapshot(ones);
+    let mut v = snapshot(all_ones());
     assert_eq!(decode(&v).number, u64::MAX);
     assert_eq!(decode(&v).args, [u64::MAX; 6]);
     for m in [CpuMode::Protected32, CpuMode::Real] {

@@ -75,6 +75,9 @@ struct hvm_memmap_table_entry {
     u32 reserved;
 };
 
+/* The highest end of RAM (E820 type 1) in the memory map of `si`; 0 if it has none. */
+u64 rt_ram_end(const struct hvm_start_info *si);
+
 /* Entry points the guest provides. */
 int guest_main(const struct hvm_start_info *si);
 void guest_ap_main(unsigned vcpu); /* weak default: sti; hlt forever */
