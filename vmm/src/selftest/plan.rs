@@ -198,83 +198,86 @@ fn na(why: &str) -> Plan {
 /// What a mode's cell runs. `host` decides the cells that depend on it (CPL 3 trapping, a
 /// stable TSC).
 pub fn plan(mode: HypervisorMode, behaviour: Behaviour, host: &HostReport) -> Plan {
-    use Behaviour as B;
-    use HostFact as F;
-    // Cells every ABI shares in shape: only the guest's counts and the rows differ.
-    let call = kernel_call(mode);
-    match behaviour {
-        B::Identity => {
-            let ok = if matches!(mode, HypervisorMode::Kvm) { 2 } else { 3 };
-            return Plan::Run(Scenario {
-                hypercalls: false,
-                ..scenario(mode, ok, vec![F::NoHypercalls])
-            });
-        }
-        B::Disabled => {
-            return Plan::Run(Scenario {
-                hypercalls: false,
-                ..scenario(mode, 1, vec![F::RefusedDisabled])
-            })
-        }
-        B::Denied => {
-            let ok = if mode == HypervisorMode::Hyperv { 2 } else { 1 };
-            return Plan::Run(Scenario {
-                deny: Some(call),
-                ..scenario(mode, ok, vec![F::Denied(call)])
-            });
-        }
-        B::Ring if cpl3_instruction(host).is_none() => {
-            return Plan::NotApplicable(format!(
-                "this host answers CPL 3 calls itself ({}); the ring rules are proven by the \
-                 engine tests",
-                host.cpl3_summary()
-            ));
-        }
-        B::Caller32 => {
-            let (ok, extra) = match mode {
-                HypervisorMode::Bhyve => (10, F::Errors("HYPERCALL_DTRACE_PROBE_CREATE")),
-                HypervisorMode::Kvm => (10, F::Errors("KVM_HC_CLOCK_PAIRING")),
-                HypervisorMode::Hyperv => (12, F::Errors("HvExtCallQueryCapabilities")),
-                HypervisorMode::Xen => (10, F::Errors("__HYPERVISOR_console_io")),
-            };
-            let facts = vec![F::PvhBoot, F::Calls(call), F::RefusedUnknown, extra];
-            if mode == HypervisorMode::Kvm && !kvmclock_backed(host) {
-                return na(NO_STABLE_TSC_PAIRING);
-            }
-            return Plan::Run(Scenario { image: image(mode, true), ..scenario(mode, ok, facts) });
-        }
-        _ => {}
-    }
     match mode {
-        HypervisorMode::Bhyve => bhyve(behaviour),
+        HypervisorMode::Bhyve => bhyve(behaviour, host),
         HypervisorMode::Kvm => kvm(behaviour, host),
-        HypervisorMode::Hyperv => hyperv(behaviour),
-        HypervisorMode::Xen => xen(behaviour),
+        HypervisorMode::Hyperv => hyperv(behaviour, host),
+        HypervisorMode::Xen => xen(behaviour, host),
     }
+}
+
+// Cells every ABI has in the same shape: only the guest's count of checks and the rows differ.
+
+/// CPUID at CPL 0 with the default configuration: no call may reach the VMM.
+fn identity(mode: HypervisorMode, ok_lines: usize) -> Plan {
+    Plan::Run(Scenario {
+        hypercalls: false,
+        ..scenario(mode, ok_lines, vec![HostFact::NoHypercalls])
+    })
+}
+
+/// The kernel call with the default configuration.
+fn disabled(mode: HypervisorMode) -> Plan {
+    Plan::Run(Scenario { hypercalls: false, ..scenario(mode, 1, vec![HostFact::RefusedDisabled]) })
+}
+
+/// The kernel call denied by `[hypervisor] deny`.
+fn denied(mode: HypervisorMode, ok_lines: usize) -> Plan {
+    let call = kernel_call(mode);
+    Plan::Run(Scenario {
+        deny: Some(call),
+        ..scenario(mode, ok_lines, vec![HostFact::Denied(call)])
+    })
+}
+
+/// A ring-0 call from CPL 3 with the instruction this host traps there; `fact` proves the VMM
+/// (not the host kernel) answered.
+fn ring(mode: HypervisorMode, host: &HostReport, ok_lines: usize, fact: HostFact) -> Plan {
+    if cpl3_instruction(host).is_none() {
+        return Plan::NotApplicable(format!(
+            "this host answers CPL 3 calls itself ({}); the ring rules are proven by the engine \
+             tests",
+            host.cpl3_summary()
+        ));
+    }
+    enabled(mode, ok_lines, vec![fact])
+}
+
+/// The 32-bit PVH image: identity, the kernel call, an unknown number and bad pointers (the
+/// errors counted on `bad_pointer_row`).
+fn caller32(mode: HypervisorMode, ok_lines: usize, bad_pointer_row: &'static str) -> Plan {
+    let facts = vec![
+        HostFact::PvhBoot,
+        HostFact::Calls(kernel_call(mode)),
+        HostFact::RefusedUnknown,
+        HostFact::Errors(bad_pointer_row),
+    ];
+    Plan::Run(Scenario { image: image(mode, true), ..scenario(mode, ok_lines, facts) })
 }
 
 const NO_STABLE_TSC_PAIRING: &str = "this host's TSC is not stable (or its rate unknown): \
      KVM_HC_CLOCK_PAIRING answers -KVM_EOPNOTSUPP before it reads its pointer";
 
-fn bhyve(behaviour: Behaviour) -> Plan {
+fn bhyve(behaviour: Behaviour, host: &HostReport) -> Plan {
     use Behaviour as B;
     use HostFact as F;
+    const MODE: HypervisorMode = HypervisorMode::Bhyve;
     const NONE: &str = "the bhyve hypercall ABI (FreeBSD review) has no such call";
+    const PROBE_CREATE: &str = "HYPERCALL_DTRACE_PROBE_CREATE";
     match behaviour {
-        B::Enabled => enabled(HypervisorMode::Bhyve, 2, vec![F::Calls("HYPERCALL_PROTOTYPE")]),
-        B::Unknown => enabled(HypervisorMode::Bhyve, 1, vec![F::RefusedUnknown]),
-        B::Ring => {
-            enabled(HypervisorMode::Bhyve, 1, vec![F::WrongRing("HYPERCALL_DTRACE_RESERVED1")])
-        }
-        B::BadPointer => {
-            enabled(HypervisorMode::Bhyve, 5, vec![F::Errors("HYPERCALL_DTRACE_PROBE_CREATE")])
-        }
+        B::Identity => identity(MODE, 3),
+        B::Disabled => disabled(MODE),
+        B::Enabled => enabled(MODE, 2, vec![F::Calls("HYPERCALL_PROTOTYPE")]),
+        B::Unknown => enabled(MODE, 1, vec![F::RefusedUnknown]),
+        B::Ring => ring(MODE, host, 1, F::WrongRing("HYPERCALL_DTRACE_RESERVED1")),
+        B::Denied => denied(MODE, 1),
         B::Console => na(&format!("{NONE} (console output)")),
         B::Yield => na(&format!("{NONE} (yield)")),
         B::Shutdown => na(&format!("{NONE} (shutdown)")),
         B::Time => na(&format!("{NONE} (time source)")),
         B::Wake => na(&format!("{NONE} (inter-vCPU wake-up)")),
-        B::Identity | B::Disabled | B::Denied | B::Caller32 => na("planned by the shared arm"),
+        B::BadPointer => enabled(MODE, 5, vec![F::Errors(PROBE_CREATE)]),
+        B::Caller32 => caller32(MODE, 10, PROBE_CREATE),
     }
 }
 
@@ -282,87 +285,91 @@ fn kvm(behaviour: Behaviour, host: &HostReport) -> Plan {
     use Behaviour as B;
     use HostFact as F;
     const MODE: HypervisorMode = HypervisorMode::Kvm;
+    const PAIRING: &str = "KVM_HC_CLOCK_PAIRING";
+    let kvmclock = kvmclock_backed(host);
     match behaviour {
+        B::Identity => identity(MODE, 2),
+        B::Disabled => disabled(MODE),
         B::Enabled => enabled(MODE, 1, vec![F::Calls("KVM_HC_VAPIC_POLL_IRQ")]),
         B::Unknown => enabled(MODE, 1, vec![F::RefusedUnknown]),
-        B::Ring => enabled(MODE, 1, vec![F::WrongRing("KVM_HC_VAPIC_POLL_IRQ")]),
+        B::Ring => ring(MODE, host, 1, F::WrongRing("KVM_HC_VAPIC_POLL_IRQ")),
+        B::Denied => denied(MODE, 1),
+        B::Console => na("KVM's paravirtual ABI has no console call"),
         B::Yield => enabled(MODE, 2, vec![F::Calls("KVM_HC_SCHED_YIELD")]),
-        B::Time if kvmclock_backed(host) => enabled(MODE, 5, vec![F::Msrs]),
+        B::Shutdown => na("KVM's paravirtual ABI has no shutdown call"),
+        B::Time if kvmclock => enabled(MODE, 5, vec![F::Msrs]),
         B::Time => na("kvmclock needs a stable TSC of known rate; this host has none"),
         B::Wake => {
             Plan::Run(Scenario { vcpus: 2, ..scenario(MODE, 4, vec![F::Calls("KVM_HC_KICK_CPU")]) })
         }
-        B::BadPointer if kvmclock_backed(host) => enabled(
-            MODE,
-            5,
-            vec![F::Errors("KVM_HC_CLOCK_PAIRING"), F::Calls("KVM_HC_CLOCK_PAIRING")],
-        ),
-        B::BadPointer => na(NO_STABLE_TSC_PAIRING),
-        B::Console => na("KVM's paravirtual ABI has no console call"),
-        B::Shutdown => na("KVM's paravirtual ABI has no shutdown call"),
-        B::Identity | B::Disabled | B::Denied | B::Caller32 => na("planned by the shared arm"),
+        B::BadPointer | B::Caller32 if !kvmclock => na(NO_STABLE_TSC_PAIRING),
+        B::BadPointer => enabled(MODE, 5, vec![F::Errors(PAIRING), F::Calls(PAIRING)]),
+        B::Caller32 => caller32(MODE, 10, PAIRING),
     }
 }
 
-fn hyperv(behaviour: Behaviour) -> Plan {
+fn hyperv(behaviour: Behaviour, host: &HostReport) -> Plan {
     use Behaviour as B;
     use HostFact as F;
     const MODE: HypervisorMode = HypervisorMode::Hyperv;
     const SPIN: &str = "HvCallNotifyLongSpinWait";
+    const QUERY: &str = "HvExtCallQueryCapabilities";
     match behaviour {
+        B::Identity => identity(MODE, 3),
+        B::Disabled => disabled(MODE),
         B::Enabled | B::Yield => enabled(MODE, 2, vec![F::Calls(SPIN)]),
         B::Unknown => enabled(MODE, 2, vec![F::RefusedUnknown]),
-        B::Ring => enabled(MODE, 2, vec![F::RefusedMalformed]),
-        B::Time => enabled(MODE, 3, vec![F::Msrs, F::NoHypercalls]),
-        B::Shutdown => Plan::Run(Scenario {
-            exit_status: 250,
-            ..scenario(MODE, 2, vec![F::EndMessage("P0=0x4d41545249580000")])
-        }),
-        B::Wake => Plan::Run(Scenario {
-            vcpus: 2,
-            ..scenario(MODE, 5, vec![F::Calls("HvCallSendSyntheticClusterIpi"), F::Interrupts])
-        }),
-        B::BadPointer => enabled(MODE, 6, vec![F::Errors("HvExtCallQueryCapabilities")]),
+        // Hyper-V checks the CPL before its table: a malformed refusal, not a row's.
+        B::Ring => ring(MODE, host, 2, F::RefusedMalformed),
+        B::Denied => denied(MODE, 2),
         B::Console => na(
             "Hyper-V has no console hypercall (its debug channel needs [hyperv] debug_output and \
              the Debugging privilege)",
         ),
-        B::Identity | B::Disabled | B::Denied | B::Caller32 => na("planned by the shared arm"),
+        B::Shutdown => Plan::Run(Scenario {
+            exit_status: 250,
+            ..scenario(MODE, 2, vec![F::EndMessage("P0=0x4d41545249580000")])
+        }),
+        B::Time => enabled(MODE, 3, vec![F::Msrs, F::NoHypercalls]),
+        B::Wake => Plan::Run(Scenario {
+            vcpus: 2,
+            ..scenario(MODE, 5, vec![F::Calls("HvCallSendSyntheticClusterIpi"), F::Interrupts])
+        }),
+        B::BadPointer => enabled(MODE, 6, vec![F::Errors(QUERY)]),
+        B::Caller32 => caller32(MODE, 12, QUERY),
     }
 }
 
 /// What matrix_xen.c writes with CONSOLEIO_write.
 pub const XEN_CONSOLE_MARKER: &str = "matrix_xen: written with CONSOLEIO_write\n";
 
-fn xen(behaviour: Behaviour) -> Plan {
+fn xen(behaviour: Behaviour, host: &HostReport) -> Plan {
     use Behaviour as B;
     use HostFact as F;
     const MODE: HypervisorMode = HypervisorMode::Xen;
+    const CONSOLE_IO: &str = "__HYPERVISOR_console_io";
+    const SCHED_OP: &str = "__HYPERVISOR_sched_op";
+    const HVM_OP: &str = "__HYPERVISOR_hvm_op";
     match behaviour {
+        B::Identity => identity(MODE, 3),
+        B::Disabled => disabled(MODE),
         B::Enabled => enabled(MODE, 1, vec![F::Calls("__HYPERVISOR_xen_version")]),
         B::Unknown => enabled(MODE, 1, vec![F::RefusedUnknown]),
-        B::Ring => enabled(MODE, 1, vec![F::WrongRing("__HYPERVISOR_xen_version")]),
-        B::Console => enabled(
-            MODE,
-            1,
-            vec![F::Calls("__HYPERVISOR_console_io"), F::Console(XEN_CONSOLE_MARKER)],
-        ),
-        B::Yield => enabled(MODE, 1, vec![F::Calls("__HYPERVISOR_sched_op")]),
+        B::Ring => ring(MODE, host, 1, F::WrongRing("__HYPERVISOR_xen_version")),
+        B::Denied => denied(MODE, 1),
+        B::Console => enabled(MODE, 1, vec![F::Calls(CONSOLE_IO), F::Console(XEN_CONSOLE_MARKER)]),
+        B::Yield => enabled(MODE, 1, vec![F::Calls(SCHED_OP)]),
         B::Shutdown => Plan::Run(Scenario {
             exit_status: 248,
-            ..scenario(MODE, 3, vec![F::Calls("__HYPERVISOR_sched_op"), F::EndMessage("reboot")])
+            ..scenario(MODE, 3, vec![F::Calls(SCHED_OP), F::EndMessage("reboot")])
         }),
-        B::Time => enabled(MODE, 4, vec![F::Calls("__HYPERVISOR_hvm_op")]),
+        B::Time => enabled(MODE, 4, vec![F::Calls(HVM_OP)]),
         B::Wake => Plan::Run(Scenario {
             vcpus: 2,
-            ..scenario(MODE, 3, vec![F::Calls("__HYPERVISOR_hvm_op"), F::Interrupts])
+            ..scenario(MODE, 3, vec![F::Calls(HVM_OP), F::Interrupts])
         }),
-        B::BadPointer => enabled(
-            MODE,
-            4,
-            vec![F::Errors("__HYPERVISOR_console_io"), F::Errors("__HYPERVISOR_hvm_op")],
-        ),
-        B::Identity | B::Disabled | B::Denied | B::Caller32 => na("planned by the shared arm"),
+        B::BadPointer => enabled(MODE, 4, vec![F::Errors(CONSOLE_IO), F::Errors(HVM_OP)]),
+        B::Caller32 => caller32(MODE, 10, CONSOLE_IO),
     }
 }
 
