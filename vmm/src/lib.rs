@@ -39,6 +39,7 @@ pub mod paging;
 pub mod platform;
 pub mod run;
 pub mod testing;
+pub mod timers;
 pub mod trap;
 pub mod vcpu;
 pub mod vm;

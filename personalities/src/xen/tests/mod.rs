@@ -4,6 +4,7 @@
 mod codec;
 mod console;
 mod cpuid;
+mod evtchn;
 mod hvm;
 mod hypercall_page;
 mod memory;
