@@ -480,3 +480,18 @@ fn pv_platform_elf64() {
 fn pv_platform_pvh32_compat_layouts() {
     pv_platform("xen_pv_pvh32", "pvh");
 }
+
+#[test]
+fn pv_ring_pages_are_reserved_in_the_e820_map() {
+    use polyvisor_personalities::xen::pv::{CONSOLE_PFN, XENSTORE_PFN};
+    let map = polyvisor_vmm::boot::e820_map(u64::from(MEM_MIB) << 20);
+    for pfn in [XENSTORE_PFN, CONSOLE_PFN] {
+        let (start, end) = (pfn << 12, (pfn << 12) + 4096);
+        assert!(
+            map.iter().any(|&(a, len, kind)| kind == 2 && a <= start && end <= a + len),
+            "PFN {pfn:#x} is not inside a reserved range of {map:?}"
+        );
+        // Nothing the VMM writes at boot lives there: the boot stacks end at 0xA0000.
+        assert!(start >= 0xA_0000, "PFN {pfn:#x}");
+    }
+}

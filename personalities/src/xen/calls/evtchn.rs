@@ -1,7 +1,8 @@
 //! `__HYPERVISOR_event_channel_op(int cmd, void *arg)` (`do_event_channel_op`,
 //! `xen/common/event_channel.c`); the ports and their delivery are in
 //! [`crate::xen::evtchn`]. A `dom` field must name this domain (`DOMID_SELF` or its id),
-//! else `-ESRCH`; ports past the table `-EINVAL`; unknown vCPUs `-ENOENT`.
+//! else `-EPERM` for domain 0 and `-ESRCH` for any other; ports past the table or not in use
+//! `-EINVAL`; unknown vCPUs `-ENOENT`.
 //!
 //! - `EVTCHNOP_alloc_unbound({dom, remote_dom, OUT port})`, `EVTCHNOP_bind_interdomain(
 //!   {remote_dom, remote_port, OUT local_port})`: remote domain 0 is the VMM (its backend
@@ -23,6 +24,16 @@ use crate::xen::evtchn::{self, Notify};
 use crate::xen::guest::{le, Fault, Guest};
 use crate::xen::pv;
 use crate::xen::Xen;
+
+/// The answer for a `dom` field that is not this domain: domain 0 exists but is not ours to
+/// act for (XSM, `-EPERM`); any other domain does not exist (`-ESRCH`).
+fn other_domain(dom: u16) -> u64 {
+    if dom == evtchn::DOMID_BACKEND {
+        EPERM
+    } else {
+        ESRCH
+    }
+}
 
 fn check_vcpu(xen: &Xen, call: &Call<'_>, vcpu: u32) -> Result<(), u64> {
     if vcpu < call.platform.vcpu_count() && xen.state.vcpu(vcpu).is_some() {
@@ -51,8 +62,9 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Result<u64, u64>, Fault> {
     Ok(match cmd {
         EVTCHNOP_alloc_unbound => {
             let raw = g.read_array::<8>(arg)?;
-            if !xen.is_self(le::u16_at(&raw, 0)) {
-                return Ok(Err(ESRCH));
+            let dom = le::u16_at(&raw, 0);
+            if !xen.is_self(dom) {
+                return Ok(Err(other_domain(dom)));
             }
             let remote = le::u16_at(&raw, 2);
             match table(xen, |t| t.alloc_unbound(remote)) {
@@ -122,8 +134,9 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Result<u64, u64>, Fault> {
         }
         EVTCHNOP_status => {
             let mut raw = g.read_array::<24>(arg)?;
-            if !xen.is_self(le::u16_at(&raw, 0)) {
-                return Ok(Err(ESRCH));
+            let dom = le::u16_at(&raw, 0);
+            if !xen.is_self(dom) {
+                return Ok(Err(other_domain(dom)));
             }
             let port = le::u32_at(&raw, 4);
             match table(xen, |t| t.status(port)) {
