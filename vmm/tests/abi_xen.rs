@@ -81,7 +81,12 @@ fn run_xen(image: &str, boot: &str, vcpus: u32, toml: &str, cmdline: &str) -> Ru
         "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n{toml}\n[vm]\nmemory_mib = \
          {MEM_MIB}\nvcpus = {vcpus}\nboot = \"{boot}\"\ncmdline = \"{cmdline}\"\n"
     );
-    let cfg = LoadedConfig::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    run_text(image, &text)
+}
+
+/// Runs `image` with the configuration `text`.
+fn run_text(image: &str, text: &str) -> RunReport {
+    let cfg = LoadedConfig::parse_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let bytes = polyvisor_guests::image(image).unwrap_or_else(|| panic!("no guest {image}"));
     let report = run(
         &cfg,
@@ -94,8 +99,26 @@ fn run_xen(image: &str, boot: &str, vcpus: u32, toml: &str, cmdline: &str) -> Ru
         },
     )
     .unwrap_or_else(|e| panic!("{image}: {e}"));
-    println!("==== {image} boot={boot} vcpus={vcpus} {cmdline}\n{}{report}", report.console_text());
+    println!("==== {image}\n{text}\n{}{report}", report.console_text());
     report
+}
+
+/// Runs `image` on one vCPU with `input` as host console input (a file given as
+/// `[vm] console_input`) and `cmdline` for the guest.
+fn run_with_input(image: &str, boot: &str, input: &str, cmdline: &str) -> RunReport {
+    let dir = std::env::temp_dir().join(format!("polyvisor-xen-in-{}-{image}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("input.txt");
+    std::fs::write(&path, input).unwrap();
+    let text = format!(
+        "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n[vm]\nmemory_mib = \
+         {MEM_MIB}\nvcpus = 1\nboot = \"{boot}\"\nconsole_input = \"{}\"\ncmdline = \
+         \"{cmdline}\"\n",
+        path.display()
+    );
+    let r = run_text(image, &text);
+    std::fs::remove_dir_all(&dir).unwrap();
+    r
 }
 
 fn show(r: &RunReport) -> String {
@@ -214,35 +237,13 @@ fn abi_one_vcpu() {
 
 #[test]
 fn console_input_reaches_the_guest() {
-    let dir = std::env::temp_dir().join(format!("polyvisor-xen-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("input.txt");
-    std::fs::write(&input, "host-says-hello").unwrap();
     let (words, _) = host_words(false);
-    let text = format!(
-        "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n[vm]\nmemory_mib = \
-         {MEM_MIB}\nvcpus = 1\nboot = \"pvh\"\nconsole_input = \"{}\"\ncmdline = \"{words} \
-         console_in=host-says-hello\"\n",
-        input.display()
-    );
-    let cfg = LoadedConfig::parse_str(&text).unwrap();
-    let bytes = polyvisor_guests::image("xen_abi_pvh64").unwrap();
-    let r = run(
-        &cfg,
-        RunOptions {
-            capture_console: true,
-            kernel_override: Some(bytes.to_vec()),
-            timeout: Some(Duration::from_secs(20)),
-            host: Some(host().clone()),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
+    let cmdline = format!("{words} console_in=host-says-hello");
+    let r = run_with_input("xen_abi_pvh64", "pvh", "host-says-hello", &cmdline);
     assert_passed(&r, 240);
     let console = r.console_text();
     assert!(console.contains("[ok] CONSOLEIO_read returns the host's input"), "{}", show(&r));
     assert!(console.contains("[ok] CONSOLEIO_read wrote exactly the host's bytes"), "{}", show(&r));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -413,41 +414,11 @@ fn boot_shutdown_reasons_end_the_vm() {
 const EVENT_CHANNEL_OP: u64 = 32;
 const SET_TIMER_OP: u64 = 15;
 
-/// Runs `xen_pv` with host console input `input` (a file given as `[vm] console_input`).
-fn run_pv(image: &str, boot: &str, input: &str) -> RunReport {
-    let dir = std::env::temp_dir().join(format!("polyvisor-xen-pv-{}-{image}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("input.txt");
-    std::fs::write(&path, input).unwrap();
-    let text = format!(
-        "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n[vm]\nmemory_mib = \
-         {MEM_MIB}\nvcpus = 1\nboot = \"{boot}\"\nconsole_input = \"{}\"\ncmdline = \
-         \"input={input}\"\n",
-        path.display()
-    );
-    let cfg = LoadedConfig::parse_str(&text).unwrap();
-    let bytes = polyvisor_guests::image(image).unwrap();
-    let r = run(
-        &cfg,
-        RunOptions {
-            capture_console: true,
-            kernel_override: Some(bytes.to_vec()),
-            timeout: Some(Duration::from_secs(20)),
-            host: Some(host().clone()),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-    println!("==== {image} boot={boot}\n{}{r}", r.console_text());
-    std::fs::remove_dir_all(&dir).unwrap();
-    r
-}
-
 /// The PV platform used from the inside: event channels through the VMM's loopback backend
 /// and a loop in the guest, VIRQ_TIMER waking block and poll, a XenStore session with a
 /// watch, the console ring both ways, and malformed rings answered with the protocol's error.
 fn pv_platform(image: &str, boot: &str) {
-    let r = run_pv(image, boot, "typed-on-the-host");
+    let r = run_with_input(image, boot, "typed-on-the-host", "input=typed-on-the-host");
     assert_passed(&r, 80);
     let text = r.console_text();
     // Only the ring carries these lines: the VMM drained them to its console.

@@ -113,6 +113,22 @@ pub fn used(cons: u32, prod: u32, size: u32) -> Result<u32, RingError> {
     }
 }
 
+/// The pieces of `len` bytes at free-running index `idx` in a ring of `size` bytes (a power
+/// of two): `(offset in the ring, offset in the buffer, length)`, split at the wrap.
+fn pieces(size: u32, idx: u32, len: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let off = (idx.wrapping_add(done as u32) & (size - 1)) as usize;
+        let n = (size as usize - off).min(len - done);
+        let piece = (off, done, n);
+        done += n;
+        Some(piece)
+    })
+}
+
 /// Copies `out.len()` bytes from the ring data area at `data` (of `size` bytes) starting at
 /// free-running index `idx`.
 pub fn copy_out(
@@ -122,17 +138,11 @@ pub fn copy_out(
     idx: u32,
     out: &mut [u8],
 ) -> Result<(), RingError> {
-    let mut done = 0usize;
-    let mut at = idx;
-    while done < out.len() {
-        let off = (at & (size - 1)) as usize;
-        let n = (size as usize - off).min(out.len() - done);
-        let dst = out.get_mut(done..done + n).ok_or(RingError::Fault)?;
+    for (off, at, n) in pieces(size, idx, out.len()) {
+        let dst = out.get_mut(at..at + n).ok_or(RingError::Fault)?;
         if !ring.read(data + off, dst) {
             return Err(RingError::Fault);
         }
-        done += n;
-        at = at.wrapping_add(n as u32);
     }
     Ok(())
 }
@@ -146,17 +156,11 @@ pub fn copy_in(
     idx: u32,
     bytes: &[u8],
 ) -> Result<(), RingError> {
-    let mut done = 0usize;
-    let mut at = idx;
-    while done < bytes.len() {
-        let off = (at & (size - 1)) as usize;
-        let n = (size as usize - off).min(bytes.len() - done);
-        let src = bytes.get(done..done + n).ok_or(RingError::Fault)?;
+    for (off, at, n) in pieces(size, idx, bytes.len()) {
+        let src = bytes.get(at..at + n).ok_or(RingError::Fault)?;
         if !ring.write(data + off, src) {
             return Err(RingError::Fault);
         }
-        done += n;
-        at = at.wrapping_add(n as u32);
     }
     Ok(())
 }
