@@ -5,7 +5,8 @@
 //! Entry point for the ring: [`XenStore::process_ring`] over any [`RingAccess`] (guest memory
 //! or a byte buffer, so a fuzzer can drive it with arbitrary contents); [`XenStore::request`]
 //! answers one message. Everything is bounded: payloads ([`XENSTORE_PAYLOAD_MAX`]), paths
-//! ([`XENSTORE_ABS_PATH_MAX`]), nodes ([`MAX_NODES`]), watches ([`MAX_WATCHES`]),
+//! ([`XENSTORE_ABS_PATH_MAX`]), nodes ([`MAX_NODES`]) and their bytes ([`MAX_STORE_BYTES`]),
+//! watches ([`MAX_WATCHES`]),
 //! transactions ([`MAX_TRANSACTIONS`]), queued output ([`OUT_MAX`]) and the bytes one call
 //! consumes. A ring index past the ring sets `error = XENSTORE_ERROR_RINGIDX`, an oversized
 //! message `XENSTORE_ERROR_PROTO`; the connection then stops until the guest asks for a
@@ -28,6 +29,9 @@ pub const XENSTORE_ABS_PATH_MAX: usize = 3072;
 pub const XENSTORE_REL_PATH_MAX: usize = 2048;
 /// Nodes the store holds at most (`ENOSPC` past it).
 pub const MAX_NODES: usize = 1024;
+/// Bytes of paths, values and permissions the store holds at most (`ENOSPC` past it), so
+/// that a transaction's snapshot stays small.
+pub const MAX_STORE_BYTES: usize = 1 << 20;
 /// Watches at most (`E2BIG` past it).
 pub const MAX_WATCHES: usize = 128;
 /// Open transactions at most (`ENOSPC` past it).
@@ -635,6 +639,11 @@ fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result
         p = parent(&p);
     }
     if tree.len() + missing.len() > MAX_NODES {
+        return Err("ENOSPC");
+    }
+    let held: usize = tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum();
+    let adding: usize = missing.iter().map(|m| m.len() + 8).sum::<usize>() + value.len();
+    if held + adding > MAX_STORE_BYTES {
         return Err("ENOSPC");
     }
     for m in missing {

@@ -94,6 +94,22 @@ fn the_node_limit_holds() {
 }
 
 #[test]
+fn the_byte_limit_holds() {
+    let mut x = xs();
+    let value = vec![b'v'; 4000];
+    let mut refused = false;
+    for i in 0..400 {
+        let mut w = format!("data/big{i}\0").into_bytes();
+        w.extend_from_slice(&value);
+        if ask(&mut x, XS_WRITE, 0, &w).1 == b"ENOSPC\0" {
+            refused = i > 200;
+            break;
+        }
+    }
+    assert!(refused, "about 1 MiB of values is accepted, then ENOSPC");
+}
+
+#[test]
 fn arbitrary_ring_contents_end_without_a_hang() {
     // Pseudo-random pages: whatever they hold, one call returns and stays in the page.
     let mut seed = 0x1234_5678u32;
