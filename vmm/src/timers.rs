@@ -2,6 +2,7 @@
 //! earliest deadline and runs the callbacks that are due, with the VM's platform and memory.
 //! Xen's single-shot timer (`VIRQ_TIMER`) and the PV console's input polling use them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ struct Armed {
 pub struct Timers {
     armed: Mutex<Vec<Armed>>,
     changed: Condvar,
+    /// Callbacks taken from `armed` and not yet run: they may still wake a vCPU.
+    running: AtomicUsize,
 }
 
 impl std::fmt::Debug for Timers {
@@ -44,9 +47,10 @@ impl Timers {
         self.changed.notify_all();
     }
 
-    /// Whether any timer is armed.
+    /// Whether any timer is armed or its callback still running.
     pub fn any_armed(&self) -> bool {
-        self.armed.lock().map(|a| !a.is_empty()).unwrap_or(false)
+        let armed = self.armed.lock().map(|a| !a.is_empty()).unwrap_or(false);
+        armed || self.running.load(Ordering::Acquire) > 0
     }
 
     /// Wakes the thread (the VM is ending).
@@ -72,6 +76,8 @@ impl Timers {
             }
         });
         if !due.is_empty() {
+            // Counted before the lock is released, so `any_armed` never sees neither.
+            self.running.fetch_add(due.len(), Ordering::AcqRel);
             return due;
         }
         let next = armed.iter().map(|a| a.deadline_ns).min();
@@ -90,6 +96,7 @@ impl VmShared {
                 fire(self as &dyn Platform, self.mem.ram());
             }
             if !due.is_empty() {
+                self.timers.running.fetch_sub(due.len(), Ordering::AcqRel);
                 self.end_if_all_halted();
             }
         }
@@ -114,6 +121,8 @@ mod tests {
         t.set(1, Some((200, fire.clone())));
         assert!(t.due_or_wait(150).is_empty());
         assert_eq!(t.due_or_wait(200).len(), 1);
+        assert!(t.any_armed(), "a callback taken and not yet run still counts");
+        t.running.fetch_sub(1, Ordering::AcqRel);
         assert!(!t.any_armed());
         t.set(2, Some((10, fire)));
         t.set(2, None);
