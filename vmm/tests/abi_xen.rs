@@ -415,7 +415,7 @@ const EVENT_CHANNEL_OP: u64 = 32;
 const SET_TIMER_OP: u64 = 15;
 
 /// The PV platform used from the inside: event channels through the VMM's loopback backend
-/// and a loop in the guest, VIRQ_TIMER waking block and poll, a XenStore session with a
+/// and a loop in the guest, VIRQ_TIMER waking block and poll, a XenStore exchange with a
 /// watch, the console ring both ways, and malformed rings answered with the protocol's error.
 fn pv_platform(image: &str, boot: &str) {
     let r = run_with_input(image, boot, "typed-on-the-host", "input=typed-on-the-host");

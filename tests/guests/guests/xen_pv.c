@@ -1,7 +1,7 @@
 /* xen_pv: uses polyvisor's Xen PV platform from the inside (docs/abi/xen.md, "The PV
  * platform"): event channels with 2-level delivery into shared_info and an upcall vector, the
  * VMM's loopback backend, a loop in the guest, IPIs, masking, VIRQ_TIMER from the single-shot
- * timer and from set_timer_op waking SCHEDOP_block and SCHEDOP_poll; a XenStore session over
+ * timer and from set_timer_op waking SCHEDOP_block and SCHEDOP_poll; a XenStore exchange over
  * the ring (write, read, mkdir, directory, watches and their events, a transaction, rm,
  * get_domain_path, the introduced nodes); the PV console ring (output to the host, host input
  * in); and malformed rings: indices past the ring and an oversized XenStore message end in the
