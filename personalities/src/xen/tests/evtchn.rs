@@ -249,3 +249,21 @@ fn the_callback_vector_serves_vcpus_without_their_own() {
     let (_, st) = op(&vm, 5, &[0x7ff0, a, 0, 0, 0, 0]);
     assert_eq!(st[3], 1, "status shows vCPU 1");
 }
+
+#[test]
+fn later_host_input_arrives_by_the_poll_timer() {
+    let vm = vm();
+    let page = 0xff000u64;
+    // Input before the guest uses the ring stays for CONSOLEIO_read.
+    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), None);
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    let due = vm.platform.inner.timer_deadline(0x1_0000).expect("the input poll is armed");
+    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"late");
+    vm.platform.set_now(due);
+    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 1);
+    assert_eq!(vm.read(page, 4), b"late");
+    assert_eq!(vm.u32_at(page + 3076), 4);
+    // The console port was raised, and the poll armed again.
+    assert!(pending(&vm, 2));
+    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), Some(due + 10_000_000));
+}
