@@ -39,7 +39,7 @@ pub use mode::HypervisorMode;
 pub use msr::{MsrContext, MsrRead, MsrWrite};
 pub use outcome::{Exception, ExitReason, Next, Outcome, RegisterWrites};
 pub use personality::{Call, CallInput, Personality, Refusal, Reply};
-pub use platform::{Platform, PlatformError, ProbeEvent};
+pub use platform::{Platform, PlatformError, ProbeEvent, TimerCallback};
 pub use policy::{CallSelector, Policy, PolicyError};
 pub use regs::{CpuMode, Gpr, HypercallInstruction, Registers, VcpuSnapshot};
 pub use table::{HypercallRow, Rings};

@@ -1,3 +1,11 @@
+use std::sync::Arc;
+
+use crate::GuestMemoryMmap;
+
+/// What a host timer runs when it fires ([`Platform::set_timer`]): the VMM calls it from a
+/// thread of its own with its platform and the guest's memory.
+pub type TimerCallback = Arc<dyn Fn(&dyn Platform, &GuestMemoryMmap) + Send + Sync>;
+
 /// A failure of a VMM effect, reported back to the handler that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlatformError {
@@ -135,5 +143,15 @@ pub trait Platform: Sync {
     /// then derive a map from guest memory.
     fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
         None
+    }
+
+    /// Arms host timer `id` (a number the personality chooses) to run `fire` once
+    /// [`Platform::monotonic_ns`] reaches `deadline_ns`, replacing what `id` had armed; `None`
+    /// disarms it. Callbacks run on a VMM thread, never on the vCPU that armed them, and may
+    /// arm timers again. While a timer is armed, every vCPU halted is not the VM's end: the
+    /// timer may wake one. The default says the VMM has no host timers.
+    fn set_timer(&self, id: u32, timer: Option<(u64, TimerCallback)>) -> Result<(), PlatformError> {
+        let _ = (id, timer);
+        Err(PlatformError::Unsupported("host timers"))
     }
 }

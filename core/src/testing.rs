@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use vm_memory::GuestAddress;
 
-use crate::platform::{Platform, PlatformError, ProbeEvent};
+use crate::platform::{Platform, PlatformError, ProbeEvent, TimerCallback};
 use crate::regs::{CpuMode, HypercallInstruction, Registers, VcpuSnapshot};
 use crate::GuestMemoryMmap;
 
@@ -32,6 +32,28 @@ pub enum Effect {
     FlushTlb(u32),
     /// Bytes posted on the debug channel by a vCPU.
     DebugPost(u32, Vec<u8>),
+    /// A host timer armed (id, deadline) or disarmed (id, None).
+    Timer(u32, Option<u64>),
+}
+
+/// A host timer armed on a [`RecordingPlatform`], run by [`RecordingPlatform::fire_due`].
+#[derive(Clone)]
+pub struct ArmedTimer {
+    /// The personality's timer id.
+    pub id: u32,
+    /// When it fires (monotonic ns).
+    pub deadline_ns: u64,
+    /// What it runs.
+    pub fire: TimerCallback,
+}
+
+impl std::fmt::Debug for ArmedTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmedTimer")
+            .field("id", &self.id)
+            .field("deadline_ns", &self.deadline_ns)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A [`Platform`] that records effects and answers time queries from a settable clock.
@@ -53,6 +75,8 @@ pub struct RecordingPlatform {
     pub debug_input: Mutex<Vec<u8>>,
     /// What `read_xmm` answers (None: unsupported).
     pub xmm: Mutex<Option<[u128; 6]>>,
+    /// Host timers armed with `set_timer`.
+    pub timers: Mutex<Vec<ArmedTimer>>,
 }
 
 impl RecordingPlatform {
@@ -67,6 +91,7 @@ impl RecordingPlatform {
             recording: true,
             debug_input: Mutex::new(Vec::new()),
             xmm: Mutex::new(None),
+            timers: Mutex::new(Vec::new()),
         }
     }
 
@@ -87,6 +112,31 @@ impl RecordingPlatform {
     /// The effects recorded so far.
     pub fn take(&self) -> Vec<Effect> {
         self.effects.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    }
+
+    /// Runs (and disarms) every timer whose deadline the clock has reached, as the VMM's
+    /// timer thread would; returns how many ran.
+    pub fn fire_due(&self, memory: &GuestMemoryMmap) -> usize {
+        let now = self.now_ns.load(Ordering::Relaxed);
+        let due: Vec<ArmedTimer> = match self.timers.lock() {
+            Ok(mut t) => {
+                let (due, keep): (Vec<ArmedTimer>, Vec<ArmedTimer>) =
+                    t.drain(..).partition(|t| t.deadline_ns <= now);
+                *t = keep;
+                due
+            }
+            Err(_) => Vec::new(),
+        };
+        for t in &due {
+            (t.fire)(self, memory);
+        }
+        due.len()
+    }
+
+    /// The deadline timer `id` is armed for, if it is.
+    pub fn timer_deadline(&self, id: u32) -> Option<u64> {
+        let t = self.timers.lock().ok()?;
+        t.iter().find(|t| t.id == id).map(|t| t.deadline_ns)
     }
 
     fn check(&self, vcpu: u32) -> Result<(), PlatformError> {
@@ -172,6 +222,16 @@ impl Platform for RecordingPlatform {
             *dst = src;
         }
         Ok(n)
+    }
+    fn set_timer(&self, id: u32, timer: Option<(u64, TimerCallback)>) -> Result<(), PlatformError> {
+        self.record(Effect::Timer(id, timer.as_ref().map(|(d, _)| *d)));
+        if let Ok(mut t) = self.timers.lock() {
+            t.retain(|t| t.id != id);
+            if let Some((deadline_ns, fire)) = timer {
+                t.push(ArmedTimer { id, deadline_ns, fire });
+            }
+        }
+        Ok(())
     }
     fn read_xmm(&self, _vcpu: u32) -> Result<[u128; 6], PlatformError> {
         self.xmm

@@ -105,6 +105,9 @@ const GUESTS: &[Guest] = &[
     Guest { name: "xen_abi_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi64", flavour: Flavour::Elf64, sources: &["guests/xen_abi.c"] },
+    Guest { name: "xen_pv_pvh64", flavour: Flavour::Pvh64, sources: &["guests/xen_pv.c"] },
+    Guest { name: "xen_pv_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_pv.c"] },
+    Guest { name: "xen_pv64", flavour: Flavour::Elf64, sources: &["guests/xen_pv.c"] },
     Guest { name: "bench64", flavour: Flavour::Elf64, sources: &["guests/bench.c"] },
     Guest { name: "matrix_bhyve64", flavour: Flavour::Elf64, sources: &["guests/matrix_bhyve.c"] },
     Guest {

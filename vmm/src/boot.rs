@@ -12,6 +12,7 @@
 //! | `0x50000` | `hvm_start_info`, `0x50100` its e820 memory map |
 //! | `0x51000` | command line (NUL-terminated) |
 //! | `0x60000..0xA0000` | boot stacks, 4 KiB per vCPU (vCPU i's top at `0x61000 + i * 0x1000`) |
+//! | `0xFE000`, `0xFF000` | left to the Xen personality: its XenStore and PV console rings (docs/abi/xen.md) |
 
 use vm_memory::{Bytes, GuestAddress};
 

@@ -43,6 +43,7 @@ pub mod run;
 pub mod selftest;
 pub mod tables;
 pub mod testing;
+pub mod timers;
 pub mod trap;
 pub mod vcpu;
 pub mod vm;

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use polyvisor_core::{Platform, PlatformError, ProbeEvent};
+use polyvisor_core::{Platform, PlatformError, ProbeEvent, TimerCallback};
 
 use crate::paging::{self, PagingRegs};
 use crate::vm::{ProbeSink, VmShared};
@@ -200,6 +200,11 @@ impl Platform for VmShared {
         } else {
             Err(PlatformError::NoSuchVcpu(vcpu))
         }
+    }
+
+    fn set_timer(&self, id: u32, timer: Option<(u64, TimerCallback)>) -> Result<(), PlatformError> {
+        self.timers.set(id, timer);
+        Ok(())
     }
 
     fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {

@@ -447,8 +447,18 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
             }
         }
     }
+    let timer_thread = {
+        let s = shared.clone();
+        std::thread::Builder::new().name("timers".into()).spawn(move || s.run_timers())
+    };
+    if let Err(e) = &timer_thread {
+        shared.end_vm(VmEnd::VmmFailure(format!("cannot start the timer thread: {e}")));
+    }
     step("threads");
     shared.supervise(timeout);
+    if let Ok(t) = timer_thread {
+        let _ = t.join();
+    }
     for t in threads {
         if t.join().is_err() {
             shared.end_vm(VmEnd::VmmFailure("a vCPU thread panicked".into()));

@@ -156,6 +156,8 @@ pub struct VmShared {
     pub(crate) first_port_io: OnceLock<Instant>,
     /// The guest TSC at vCPU 0's first entry.
     pub(crate) first_entry_tsc: OnceLock<u64>,
+    /// Host timers personalities armed (`Platform::set_timer`).
+    pub(crate) timers: crate::timers::Timers,
 }
 
 impl std::fmt::Debug for VmShared {
@@ -224,6 +226,7 @@ impl VmShared {
             first_entry: OnceLock::new(),
             first_port_io: OnceLock::new(),
             first_entry_tsc: OnceLock::new(),
+            timers: crate::timers::Timers::default(),
         }
     }
 
@@ -245,6 +248,7 @@ impl VmShared {
         }
         self.stopping.store(true, Ordering::Release);
         self.end_cv.notify_all();
+        self.timers.notify();
         if let Ok(_g) = self.pause.lock() {
             self.pause_cv.notify_all();
         }
@@ -363,23 +367,7 @@ impl VmShared {
         let parked = self.parked.fetch_add(1, Ordering::AcqRel) + 1;
         if parked as usize >= self.vcpus.len() {
             drop(p);
-            let detail = self
-                .vcpus
-                .iter()
-                .map(|v| {
-                    format!(
-                        "vCPU {} halted with interrupts {}",
-                        v.index,
-                        if v.interruptible.load(Ordering::Relaxed) {
-                            "enabled"
-                        } else {
-                            "disabled"
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            self.end_vm(VmEnd::AllHalted { detail });
+            self.end_if_all_halted();
             let Ok(again) = v.park.lock() else {
                 return;
             };
@@ -401,6 +389,29 @@ impl VmShared {
         v.wake_flag.store(false, Ordering::Release);
         v.interruptible.store(true, Ordering::Release);
         v.set_state(VcpuState::Running);
+    }
+
+    /// Ends the VM if every vCPU is halted for good: no vCPU can run and no armed host timer
+    /// can wake one.
+    pub(crate) fn end_if_all_halted(&self) {
+        if (self.parked.load(Ordering::Acquire) as usize) < self.vcpus.len()
+            || self.timers.any_armed()
+        {
+            return;
+        }
+        let detail = self
+            .vcpus
+            .iter()
+            .map(|v| {
+                format!(
+                    "vCPU {} halted with interrupts {}",
+                    v.index,
+                    if v.interruptible.load(Ordering::Relaxed) { "enabled" } else { "disabled" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.end_vm(VmEnd::AllHalted { detail });
     }
 
     /// Changes the memory layout with every vCPU held outside `KVM_RUN`. `f` edits the

@@ -18,6 +18,7 @@ pub mod errno {
     pub const EEXIST: u64 = 17;
     pub const ENODEV: u64 = 19;
     pub const EINVAL: u64 = 22;
+    pub const ENOSPC: u64 = 28;
     pub const EDOM: u64 = 33;
     pub const ENOSYS: u64 = 38;
     pub const ENODATA: u64 = 61;
@@ -210,6 +211,11 @@ pub mod params {
     pub const HVM_PARAM_VM86_TSS_SIZED: u32 = 37;
     pub const HVM_NR_PARAMS: u32 = 39;
 
+    /// `HVM_PARAM_CALLBACK_IRQ` bits 63:56: the delivery type; type 2 is a vector in
+    /// bits 7:0 (`HVM_PARAM_CALLBACK_TYPE_VECTOR`).
+    pub const HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT: u32 = 56;
+    pub const HVM_PARAM_CALLBACK_TYPE_VECTOR: u64 = 2;
+
     /// `VM86_TSS_UPDATED` (`xen/arch/x86/include/asm/hvm/support.h`).
     pub const VM86_TSS_UPDATED: u64 = 1 << 63;
     /// `sizeof(struct tss32)` (`xen/arch/x86/include/asm/hvm/hvm.h`).
@@ -239,4 +245,53 @@ pub mod cpuid {
     pub const XEN_HVM_CPUID_DOMID_PRESENT: u32 = 1 << 4;
     /// The hypercall-page MSR leaf B+2 names (`xen/arch/x86/msr.c`, no Viridian).
     pub const HYPERCALL_PAGE_MSR: u32 = 0x4000_0000;
+}
+
+/// `xen/include/public/event_channel.h` commands, channel states and limits.
+#[allow(missing_docs)]
+pub mod evtchn {
+    pub const EVTCHNOP_bind_interdomain: u32 = 0;
+    pub const EVTCHNOP_bind_virq: u32 = 1;
+    pub const EVTCHNOP_bind_pirq: u32 = 2;
+    pub const EVTCHNOP_close: u32 = 3;
+    pub const EVTCHNOP_send: u32 = 4;
+    pub const EVTCHNOP_status: u32 = 5;
+    pub const EVTCHNOP_alloc_unbound: u32 = 6;
+    pub const EVTCHNOP_bind_ipi: u32 = 7;
+    pub const EVTCHNOP_bind_vcpu: u32 = 8;
+    pub const EVTCHNOP_unmask: u32 = 9;
+    pub const EVTCHNOP_reset: u32 = 10;
+    pub const EVTCHNOP_init_control: u32 = 11;
+    pub const EVTCHNOP_expand_array: u32 = 12;
+    pub const EVTCHNOP_set_priority: u32 = 13;
+    pub const EVTCHNOP_reset_cont: u32 = 14;
+
+    pub const EVTCHNSTAT_closed: u32 = 0;
+    pub const EVTCHNSTAT_unbound: u32 = 1;
+    pub const EVTCHNSTAT_interdomain: u32 = 2;
+    pub const EVTCHNSTAT_pirq: u32 = 3;
+    pub const EVTCHNSTAT_virq: u32 = 4;
+    pub const EVTCHNSTAT_ipi: u32 = 5;
+
+    /// `EVTCHN_2L_NR_CHANNELS` of the compat (32-bit) layout, `xen/include/public/xen.h`:
+    /// 32 * 32 ports. Both layouts get this many here (the native limit is 4096), which
+    /// bounds the port table.
+    pub const NR_PORTS: u32 = 1024;
+}
+
+/// `xen/include/public/xen.h` virtual IRQs.
+#[allow(missing_docs)]
+pub mod virq {
+    pub const VIRQ_TIMER: u32 = 0;
+    pub const VIRQ_DEBUG: u32 = 1;
+    pub const VIRQ_CONSOLE: u32 = 2;
+    pub const VIRQ_DOM_EXC: u32 = 3;
+    pub const VIRQ_XENOPROF: u32 = 7;
+    pub const VIRQ_XENPMU: u32 = 13;
+    pub const NR_VIRQS: u32 = 24;
+
+    /// Per-vCPU VIRQs (`virq_is_global` is false for them, `xen/common/event_channel.c`).
+    pub const fn is_per_vcpu(virq: u32) -> bool {
+        matches!(virq, VIRQ_TIMER | VIRQ_DEBUG | VIRQ_XENOPROF | VIRQ_XENPMU)
+    }
 }

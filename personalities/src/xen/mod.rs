@@ -19,11 +19,15 @@ pub mod abi;
 pub mod calls;
 pub mod codec;
 pub mod cpuid;
+pub mod evtchn;
 pub mod guest;
 pub mod hypercall_page;
+pub mod pv;
+pub mod ring;
 pub mod shared_info;
 pub mod state;
 pub mod table;
+pub mod xenstore;
 
 #[cfg(test)]
 mod testutil;
@@ -44,7 +48,9 @@ use state::State;
 
 /// Builds the xen engine from a configuration.
 pub fn build(config: &Config, host: &HostFacts) -> Result<Arc<dyn Dispatch>, BuildError> {
-    let xen = Xen::new(&config.xen, config.vm.vcpus, *host);
+    let mut xen = Xen::new(&config.xen, config.vm.vcpus, *host);
+    let memory_kib = u64::from(config.vm.memory_mib) * 1024;
+    xen.state = Arc::new(State::new(config.vm.vcpus, config.xen.domid, memory_kib));
     let engine = Engine::new(Arc::new(xen), &config.hypervisor.policy())?;
     Ok(Arc::new(engine))
 }
@@ -60,8 +66,8 @@ pub struct Xen {
     pub domid: u16,
     /// What the host offers.
     pub host: HostFacts,
-    /// Domain and vCPU state.
-    pub state: State,
+    /// Domain and vCPU state, shared with the host timers' callbacks.
+    pub state: Arc<State>,
 }
 
 impl Xen {
@@ -81,7 +87,7 @@ impl Xen {
             extraversion,
             domid: config.domid,
             host,
-            state: State::new(vcpus),
+            state: Arc::new(State::new(vcpus, config.domid, 0)),
         }
     }
 

@@ -2,11 +2,15 @@
 //! handlers run on any vCPU thread and the hot path takes no lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
-use super::abi::params::{HVM_NR_PARAMS, HVM_PARAM_X87_FIP_WIDTH};
+use super::abi::params::*;
 use super::abi::sched::SHUTDOWN_CODE_INVALID;
 use super::abi::PAGE_SIZE;
+use super::evtchn::{Table, CONSOLE_PORT, XENSTORE_PORT};
+use super::pv::{PvConsole, CONSOLE_PFN, XENSTORE_PFN};
 use super::shared_info::{LEGACY_MAX_VCPUS, VCPU_INFO_LEN};
+use super::xenstore::XenStore;
 
 /// "Not set" for GFN and GPA slots.
 pub const NONE: u64 = u64::MAX;
@@ -18,9 +22,13 @@ pub struct VcpuState {
     pub vcpu_info: AtomicU64,
     /// The `HVMOP_set_evtchn_upcall_vector` vector, 0 when unset.
     pub upcall_vector: AtomicU8,
-    /// The single-shot timer's deadline (system time, ns), 0 when stopped. Recorded only:
-    /// firing it needs event channels (`VIRQ_TIMER`).
+    /// The single-shot timer's deadline (system time, ns), 0 when stopped; it raises
+    /// `VIRQ_TIMER` when it fires.
     pub singleshot_deadline: AtomicU64,
+    /// Halted in `SCHEDOP_block` or `SCHEDOP_poll`: an event wakes it.
+    pub blocked: AtomicBool,
+    /// Halted in `SCHEDOP_poll`: any newly pending port wakes it.
+    pub polling: AtomicBool,
 }
 
 impl VcpuState {
@@ -29,6 +37,8 @@ impl VcpuState {
             vcpu_info: AtomicU64::new(NONE),
             upcall_vector: AtomicU8::new(0),
             singleshot_deadline: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
         }
     }
 }
@@ -47,12 +57,19 @@ pub struct State {
     pub params: [AtomicU64; HVM_NR_PARAMS as usize],
     /// One entry per vCPU.
     pub vcpus: Box<[VcpuState]>,
+    /// The event channel ports.
+    pub evtchn: Mutex<Table>,
+    /// The XenStore the VMM serves.
+    pub xenstore: Mutex<XenStore>,
+    /// The PV console's backend state.
+    pub console: Mutex<PvConsole>,
 }
 
 impl State {
-    /// A fresh domain with `vcpus` vCPUs.
-    pub fn new(vcpus: u32) -> Self {
-        State {
+    /// A fresh domain `domid` with `vcpus` vCPUs and `memory_kib` of RAM (for XenStore's
+    /// `memory/target`), its XenStore and console rings and channels in place.
+    pub fn new(vcpus: u32, domid: u16, memory_kib: u64) -> Self {
+        let state = State {
             shared_info_gfn: AtomicU64::new(NONE),
             shinfo_compat: AtomicBool::new(false),
             shutdown_code: AtomicU8::new(SHUTDOWN_CODE_INVALID),
@@ -62,7 +79,16 @@ impl State {
                 AtomicU64::new(if fip { 8 } else { 0 })
             }),
             vcpus: (0..vcpus).map(|_| VcpuState::new()).collect(),
-        }
+            evtchn: Mutex::new(Table::new(vcpus, domid)),
+            xenstore: Mutex::new(XenStore::introduce(domid, vcpus, memory_kib)),
+            console: Mutex::new(PvConsole::default()),
+        };
+        // What a toolstack sets before the domain starts (libxl's HVM params).
+        state.set_param(HVM_PARAM_STORE_PFN, XENSTORE_PFN);
+        state.set_param(HVM_PARAM_STORE_EVTCHN, u64::from(XENSTORE_PORT));
+        state.set_param(HVM_PARAM_CONSOLE_PFN, CONSOLE_PFN);
+        state.set_param(HVM_PARAM_CONSOLE_EVTCHN, u64::from(CONSOLE_PORT));
+        state
     }
 
     /// vCPU `id`'s state, if it exists.

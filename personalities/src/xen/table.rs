@@ -32,8 +32,8 @@ pub const TABLE: &[HypercallRow<Xen>] = &[
     row(
         nr::set_timer_op,
         "__HYPERVISOR_set_timer_op",
-        None,
-        "not implemented (needs event channels): -ENOSYS",
+        Some(calls::timer::set_timer_op),
+        "the single-shot timer (VIRQ_TIMER)",
     ),
     row(
         nr::xen_version,
@@ -63,7 +63,12 @@ pub const TABLE: &[HypercallRow<Xen>] = &[
         Some(calls::sched::sched_op),
         "yield, block, poll, shutdown",
     ),
-    row(nr::event_channel_op, "__HYPERVISOR_event_channel_op", None, "not implemented: -ENOSYS"),
+    row(
+        nr::event_channel_op,
+        "__HYPERVISOR_event_channel_op",
+        Some(calls::evtchn::event_channel_op),
+        "2-level event channels: VMM backends, VIRQs, IPIs",
+    ),
     row(nr::physdev_op, "__HYPERVISOR_physdev_op", None, "not implemented: -ENOSYS"),
     row(
         nr::hvm_op,

@@ -103,6 +103,13 @@ impl Platform for TestPlatform {
     fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
         self.e820.clone()
     }
+    fn set_timer(
+        &self,
+        id: u32,
+        timer: Option<(u64, polyvisor_core::TimerCallback)>,
+    ) -> Result<(), PlatformError> {
+        self.inner.set_timer(id, timer)
+    }
     fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
         match &self.halts {
             Some(h) => {

@@ -153,17 +153,18 @@ static void ask_params(void)
     static const struct {
         u32 index;
         const char *name;
+        u64 want;
     } params[] = {
-        {HVM_PARAM_STORE_PFN, "STORE_PFN"},
-        {HVM_PARAM_STORE_EVTCHN, "STORE_EVTCHN"},
-        {HVM_PARAM_CONSOLE_PFN, "CONSOLE_PFN"},
-        {HVM_PARAM_CONSOLE_EVTCHN, "CONSOLE_EVTCHN"},
+        {HVM_PARAM_STORE_PFN, "STORE_PFN", 0xfe},
+        {HVM_PARAM_STORE_EVTCHN, "STORE_EVTCHN", 1},
+        {HVM_PARAM_CONSOLE_PFN, "CONSOLE_PFN", 0xff},
+        {HVM_PARAM_CONSOLE_EVTCHN, "CONSOLE_EVTCHN", 2},
     };
     for (unsigned i = 0; i < ARRAY_SIZE(params); i++) {
         u64 v = 1;
         long rc = get_param(params[i].index, &v);
-        check(rc == 0 && v == 0, "HVMOP_get_param %s -> 0, value 0 (got %ld, 0x%llx)",
-              params[i].name, rc, v);
+        check(rc == 0 && v == params[i].want, "HVMOP_get_param %s -> 0, value 0x%llx (got %ld, 0x%llx)",
+              params[i].name, params[i].want, rc, v);
     }
 }
 

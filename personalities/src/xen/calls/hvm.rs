@@ -6,8 +6,10 @@
 //!   `-ESRCH`; then Xen's `hvm_allow_set_param` / `hvm_allow_get_param` for the domain
 //!   itself: deprecated parameters `-EINVAL`, `ALTP2M` set `-EEXIST`, parameters the guest
 //!   may not touch `-EPERM`. Values follow `hvm_set_param` / `hvm_get_param`; parameters
-//!   nobody set read as 0 (STORE_PFN, CONSOLE_PFN and their event channels stay 0 until a
-//!   PV platform provides XenStore and a console ring).
+//!   nobody set read as 0. STORE_PFN, STORE_EVTCHN, CONSOLE_PFN and CONSOLE_EVTCHN are set
+//!   before the guest starts, as a toolstack does: they name the PV platform's rings and
+//!   channels ([`crate::xen::pv`]). `HVM_PARAM_CALLBACK_IRQ` of type 2 (a vector) is the
+//!   upcall of vCPUs without their own vector.
 //! - `HVMOP_set_evtchn_upcall_vector` (`{ u32 vcpu; u8 vector; }`): vector below 0x10
 //!   `-EINVAL`, unknown vCPU `-ENOENT`; recorded, and the vector is raised once on that vCPU
 //!   as `hvm_assert_evtchn_irq` does.

@@ -4,9 +4,11 @@
 //! Xen's return value or negated errno.
 
 pub mod console;
+pub mod evtchn;
 pub mod hvm;
 pub mod memory;
 pub mod sched;
+pub mod timer;
 pub mod vcpu;
 pub mod version;
 

@@ -2,14 +2,17 @@
 //!
 //! - `SCHEDOP_yield`: the vCPU yields; 0.
 //! - `SCHEDOP_block`: events are enabled (the vCPU's `evtchn_upcall_mask` cleared, as
-//!   `vcpu_block_enable_events` does) and the vCPU halts until an interrupt or a wake.
+//!   `vcpu_block_enable_events` does); with `evtchn_upcall_pending` set and an upcall vector
+//!   it returns 0 at once, else the vCPU halts until an interrupt, a wake or an event.
 //! - `SCHEDOP_shutdown(struct sched_shutdown { u32 reason })`: the VM ends. The reason is
 //!   truncated to 8 bits and replaced by a reason latched earlier with
 //!   `SCHEDOP_shutdown_code` (`domain_shutdown`, `xen/common/domain.c`); see
 //!   [`exit_reason`] for what each becomes.
 //! - `SCHEDOP_poll(struct sched_poll)`: `nr_ports > 128` is `-EINVAL`, an unreadable port
-//!   array `-EFAULT`; no event channel exists yet, so no port is pending and the vCPU halts
-//!   until the absolute `timeout` (system time, ns; 0 = none) or an interrupt. A timeout
+//!   array `-EFAULT`, a port past the table `-EINVAL`; a pending port returns 0 at once,
+//!   else the vCPU halts until an event becomes pending (any port: an early return is a
+//!   spurious wakeup), the absolute `timeout` (system time, ns; 0 = none) or an interrupt.
+//!   A timeout
 //!   already past returns 0 at once, and so does any timeout the VMM cannot time
 //!   ([`Platform::halt_until`](polyvisor_core::Platform::halt_until) unsupported): an
 //!   early return is a spurious wakeup, which poll callers handle.
@@ -25,8 +28,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::{err, int_arg, ok};
 use crate::xen::abi::errno::{EINVAL, ENOSYS, EPERM, ESRCH};
+use crate::xen::abi::evtchn::NR_PORTS;
 use crate::xen::abi::sched::*;
 use crate::xen::codec::Width;
+use crate::xen::evtchn;
 use crate::xen::guest::{le, Fault, Guest};
 use crate::xen::shared_info::UPCALL_MASK_OFFSET;
 use crate::xen::Xen;
@@ -56,7 +61,7 @@ fn halt(width: Width) -> Reply {
     })
 }
 
-fn poll(call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
+fn poll(xen: &Xen, call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
     let g = Guest::of(call);
     // struct sched_poll { XEN_GUEST_HANDLE(evtchn_port_t) ports; unsigned int nr_ports;
     // uint64_t timeout; }: 24 bytes native, 16 compat (4-byte handle, packed u64).
@@ -74,20 +79,47 @@ fn poll(call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
         return Ok(err(EINVAL));
     }
     g.check(ports, nr_ports as usize * 4, false)?;
+    let me = xen.state.vcpu(call.vcpu.vcpu);
+    // Poll first, then look: an event raised in between wakes the halt that follows.
+    if let Some(v) = me {
+        v.polling.store(true, Ordering::Release);
+        v.blocked.store(true, Ordering::Release);
+    }
+    let mut any = false;
     for i in 0..u64::from(nr_ports) {
-        // No channel is bound yet, so whatever port this names is not pending.
-        let _port = g.read_array::<4>(ports.wrapping_add(i * 4))?;
+        let port = le::u32_at(&g.read_array::<4>(ports.wrapping_add(i * 4))?, 0);
+        if port >= NR_PORTS {
+            unblock(xen, call);
+            return Ok(err(EINVAL));
+        }
+        any |= evtchn::is_pending(&xen.state, call.memory, port);
+    }
+    if any {
+        unblock(xen, call);
+        return Ok(ok(0));
     }
     if timeout == 0 {
         return Ok(halt(g.width));
     }
     if timeout <= call.platform.monotonic_ns() {
+        unblock(xen, call);
         return Ok(ok(0));
     }
     Ok(match call.platform.halt_until(call.vcpu.vcpu, timeout) {
         Ok(()) => halt(g.width),
-        Err(_) => ok(0),
+        Err(_) => {
+            unblock(xen, call);
+            ok(0)
+        }
     })
+}
+
+/// The caller is no longer blocked or polling (a halt that ended, or none started).
+fn unblock(xen: &Xen, call: &Call<'_>) {
+    if let Some(v) = xen.state.vcpu(call.vcpu.vcpu) {
+        v.polling.store(false, Ordering::Release);
+        v.blocked.store(false, Ordering::Release);
+    }
 }
 
 fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
@@ -95,6 +127,8 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
     let arg = call.arg(1);
     let g = Guest::of(call);
     let vcpu = call.vcpu.vcpu;
+    // A block or poll that halted has ended by now.
+    unblock(xen, call);
     Ok(match cmd {
         SCHEDOP_yield => {
             call.platform.yield_now(vcpu, None);
@@ -105,6 +139,14 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
                 let mask = GuestAddress(info.wrapping_add(UPCALL_MASK_OFFSET));
                 let _ = call.memory.write_obj(0u8, mask);
             }
+            if let Some(v) = xen.state.vcpu(vcpu) {
+                v.blocked.store(true, Ordering::Release);
+            }
+            // vcpu_block: events waiting for delivery end the block at once.
+            if evtchn::events_need_delivery(&xen.state, call.memory, vcpu) {
+                unblock(xen, call);
+                return Ok(ok(0));
+            }
             halt(g.width)
         }
         SCHEDOP_shutdown => {
@@ -113,7 +155,7 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
             let reason = if latched == SHUTDOWN_CODE_INVALID { reason } else { latched };
             Reply::Outcome(Outcome::exit(exit_reason(reason)))
         }
-        SCHEDOP_poll => poll(call, arg)?,
+        SCHEDOP_poll => poll(xen, call, arg)?,
         SCHEDOP_remote_shutdown => {
             // struct sched_remote_shutdown { domid_t domain_id; unsigned int reason; }
             let raw = g.read_array::<8>(arg)?;

@@ -12,9 +12,9 @@
 //!   a frame that is not RAM `-EINVAL`; before 4.18 (`map_vcpu_info`) `offset > 4032` or
 //!   misaligned is `-ENXIO`, a second registration `-EINVAL`, a bad frame `-EINVAL`.
 //! - `VCPUOP_set_singleshot_timer` (`{ u64 timeout_abs_ns; u32 flags; }`) and
-//!   `VCPUOP_stop_singleshot_timer`: only for the calling vCPU (else `-EINVAL`). The
-//!   deadline is recorded; delivering the timer event needs event channels (`VIRQ_TIMER`),
-//!   which do not exist yet. Before Xen 4.18 `VCPU_SSHOTTMR_future` with a deadline already
+//!   `VCPUOP_stop_singleshot_timer`: only for the calling vCPU (else `-EINVAL`). When the
+//!   deadline passes `VIRQ_TIMER` is raised on the vCPU (a host timer,
+//!   [`pv::arm_singleshot`]); a deadline already past raises it at once. Before Xen 4.18 `VCPU_SSHOTTMR_future` with a deadline already
 //!   past is `-ETIME`; from 4.18 the flag is ignored (commit 19c6cbd909).
 //! - Everything else: `-ENOSYS`.
 
@@ -28,6 +28,7 @@ use crate::xen::abi::vcpu::*;
 use crate::xen::abi::{PAGE_SHIFT, PAGE_SIZE};
 use crate::xen::codec::Width;
 use crate::xen::guest::{is_ram_frame, le, Fault, Guest};
+use crate::xen::pv;
 use crate::xen::shared_info::{populate_vcpu_info, VCPU_INFO_LEN};
 use crate::xen::state::NONE;
 use crate::xen::Xen;
@@ -101,10 +102,7 @@ fn set_singleshot_timer(xen: &Xen, call: &Call<'_>, id: u32, arg: u64) -> Result
     if !xen.at_least(4, 18) && flags & VCPU_SSHOTTMR_future != 0 && timeout < now {
         return Ok(err(ETIME));
     }
-    if let Some(v) = xen.state.vcpu(id) {
-        // A deadline already past would fire at once; 0 means stopped, so keep it non-zero.
-        v.singleshot_deadline.store(timeout.max(1), Ordering::Release);
-    }
+    pv::arm_singleshot(&xen.state, call.memory, call.platform, id, timeout);
     Ok(ok(0))
 }
 
@@ -122,9 +120,7 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
         VCPUOP_set_singleshot_timer | VCPUOP_stop_singleshot_timer if !current => err(EINVAL),
         VCPUOP_set_singleshot_timer => set_singleshot_timer(xen, call, id, arg)?,
         VCPUOP_stop_singleshot_timer => {
-            if let Some(v) = xen.state.vcpu(id) {
-                v.singleshot_deadline.store(0, Ordering::Release);
-            }
+            pv::stop_singleshot(&xen.state, call.platform, id);
             ok(0)
         }
         _ => err(ENOSYS),

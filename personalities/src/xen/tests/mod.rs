@@ -5,6 +5,7 @@ mod codec;
 mod codec_props;
 mod console;
 mod cpuid;
+mod evtchn;
 mod hvm;
 mod hypercall_page;
 mod memory;

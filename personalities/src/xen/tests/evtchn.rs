@@ -1,0 +1,269 @@
+//! Event channels: allocation, the VMM's loopback backend, 2-level delivery into shared_info
+//! and the upcall, VIRQ_TIMER from the single-shot timer, poll, XenStore and the console
+//! through their rings.
+
+use polyvisor_core::testing::Effect;
+use polyvisor_core::Next;
+
+use crate::xen::abi::errno::*;
+use crate::xen::ring::RingAccess;
+use crate::xen::testutil::*;
+use crate::xen::xenstore::{encode, layout, msg, XENSTORE_ERROR_PROTO, XENSTORE_ERROR_RINGIDX};
+
+const EVTCHN: u64 = 32;
+const ARG: u64 = 0x8000;
+const SHINFO: u64 = 0x10000;
+const VECTOR: u8 = 0xf3;
+
+/// A VM with shared_info at SHINFO and upcall vector VECTOR on vCPU 0.
+fn vm() -> Vm {
+    let vm = Vm::new();
+    // XENMEM_add_to_physmap(shared_info) at SHINFO.
+    let mut map = [0u8; 24];
+    map[0..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    map[16..24].copy_from_slice(&(SHINFO >> 12).to_le_bytes());
+    vm.write(ARG, &map);
+    assert_eq!(vm.rax64(12, &[7, ARG]), 0);
+    vm.write(ARG, &[0, 0, 0, 0, VECTOR, 0, 0, 0]);
+    assert_eq!(vm.rax64(34, &[23, ARG]), 0);
+    vm.platform.take();
+    vm
+}
+
+fn op(vm: &Vm, cmd: u64, words: &[u32]) -> (u64, Vec<u32>) {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    vm.write(ARG, &bytes);
+    let r = vm.rax64(EVTCHN, &[cmd, ARG]);
+    let out = (0..words.len()).map(|i| vm.u32_at(ARG + 4 * i as u64)).collect();
+    (r, out)
+}
+
+fn pending(vm: &Vm, port: u32) -> bool {
+    vm.u64_at(SHINFO + 2048 + 8 * u64::from(port / 64)) & (1 << (port % 64)) != 0
+}
+
+#[test]
+fn the_loopback_backend_raises_the_other_channel() {
+    let vm = vm();
+    let (r, out) = op(&vm, 0, &[0, 3, 0]);
+    assert_eq!(r, 0);
+    let a = out[2];
+    let (r, out) = op(&vm, 0, &[0, 4, 0]);
+    assert_eq!(r, 0);
+    let b = out[2];
+    assert!(a > 2 && b > a, "ports {a} {b}");
+    // Binding raises the local port (as Xen does); clear both, and the upcall flag.
+    vm.write(SHINFO + 2048, &[0; 8]);
+    vm.write(SHINFO, &[0; 16]);
+    vm.platform.take();
+    assert_eq!(op(&vm, 4, &[a]).0, 0);
+    assert!(pending(&vm, b) && !pending(&vm, a));
+    assert_eq!(vm.read(SHINFO, 1), [1], "evtchn_upcall_pending");
+    assert_eq!(vm.u64_at(SHINFO + 8), 1, "evtchn_pending_sel word 0");
+    assert!(vm.platform.take().contains(&Effect::Interrupt(0, VECTOR)));
+    // A second event while the first waits: no new upcall.
+    assert_eq!(op(&vm, 4, &[b]).0, 0);
+    assert!(pending(&vm, a));
+    assert!(!vm.platform.take().iter().any(|e| matches!(e, Effect::Interrupt(..))));
+    // Already bound; unknown backend port; status.
+    assert_eq!(op(&vm, 0, &[0, 3, 0]).0, e(EINVAL));
+    assert_eq!(op(&vm, 0, &[0, 9, 0]).0, e(EINVAL));
+    let (r, st) = op(&vm, 5, &[0x7ff0, a, 0, 0, 0, 0]);
+    assert_eq!((r, st[2], st[4], st[5]), (0, 2, 0, 3), "interdomain to dom0 port 3");
+    assert_eq!(op(&vm, 3, &[a]).0, 0);
+    assert_eq!(op(&vm, 3, &[a]).0, e(EINVAL), "closed twice");
+    assert_eq!(op(&vm, 4, &[a]).0, e(EINVAL), "send on a closed port");
+    assert_eq!(op(&vm, 0, &[0, 3, 0]).0, 0, "the backend port is free again");
+}
+
+#[test]
+fn masked_ports_wait_for_unmask() {
+    let vm = vm();
+    let (_, out) = op(&vm, 6, &[0x7ff0 | (0x7ff0 << 16), 0]);
+    let p = out[1];
+    let (r, out) = op(&vm, 0, &[0x7ff0, p, 0]);
+    assert_eq!(r, 0);
+    let q = out[2];
+    vm.write(SHINFO + 2048, &[0; 8]);
+    vm.write(SHINFO, &[0; 16]);
+    // Mask q, send from p: pending but no selector, no upcall.
+    vm.write(SHINFO + 2560, &(1u64 << q).to_le_bytes());
+    assert_eq!(op(&vm, 4, &[p]).0, 0);
+    assert!(pending(&vm, q));
+    assert_eq!(vm.u64_at(SHINFO + 8), 0);
+    vm.platform.take();
+    assert_eq!(op(&vm, 9, &[q]).0, 0);
+    assert_eq!(vm.u64_at(SHINFO + 2560), 0);
+    assert_eq!(vm.u64_at(SHINFO + 8), 1);
+    assert!(vm.platform.take().contains(&Effect::Interrupt(0, VECTOR)));
+    assert_eq!(op(&vm, 9, &[5000]).0, e(EINVAL));
+    assert_eq!(op(&vm, 11, &[0]).0, e(ENOSYS), "FIFO ABI");
+}
+
+#[test]
+fn the_singleshot_timer_raises_virq_timer() {
+    let vm = vm();
+    assert_eq!(op(&vm, 1, &[0, 5, 0]).0, e(ENOENT), "no vCPU 5");
+    assert_eq!(op(&vm, 1, &[3, 1, 0]).0, e(EINVAL), "global VIRQ on vCPU 1");
+    let (r, out) = op(&vm, 1, &[0, 0, 0]);
+    assert_eq!(r, 0);
+    let port = out[2];
+    assert_eq!(op(&vm, 1, &[0, 0, 0]).0, e(EEXIST));
+    vm.platform.set_now(1000);
+    // set_timer_op(5000).
+    assert_eq!(vm.rax64(15, &[5000]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), Some(5000));
+    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 0);
+    assert!(!pending(&vm, port));
+    vm.platform.set_now(5000);
+    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 1);
+    assert!(pending(&vm, port));
+    // A deadline already past fires at once; 0 stops.
+    vm.write(SHINFO + 2048, &[0; 8]);
+    vm.write(ARG, &[0; 16]);
+    assert_eq!(vm.rax64(24, &[8, 0, ARG]), 0);
+    assert!(pending(&vm, port));
+    assert_eq!(vm.rax64(15, &[9000]), 0);
+    assert_eq!(vm.rax64(15, &[0]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), None);
+}
+
+#[test]
+fn poll_returns_at_once_for_a_pending_port_and_block_for_pending_events() {
+    let vm = vm();
+    let (_, out) = op(&vm, 7, &[0, 0]);
+    let ipi = out[1];
+    vm.write(SHINFO, &[0; 16]);
+    assert_eq!(op(&vm, 4, &[ipi]).0, 0);
+    vm.write(ARG + 64, &ipi.to_le_bytes());
+    let mut poll = [0u8; 24];
+    poll[0..8].copy_from_slice(&(ARG + 64).to_le_bytes());
+    poll[8..12].copy_from_slice(&1u32.to_le_bytes());
+    vm.write(ARG + 128, &poll);
+    assert_eq!(vm.rax64(29, &[3, ARG + 128]), 0, "poll of a pending port");
+    // Upcall pending with a vector: block returns at once.
+    assert_eq!(vm.rax64(29, &[1, 0]), 0);
+    vm.write(SHINFO, &[0; 16]);
+    assert_eq!(vm.call64(29, &[1, 0]).next, Next::Halt);
+    vm.write(ARG + 64, &5000u32.to_le_bytes());
+    assert_eq!(vm.rax64(29, &[3, ARG + 128]), e(EINVAL), "port past the table");
+}
+
+fn xs_send(vm: &Vm, bytes: &[u8]) -> Vec<u8> {
+    let page = 0xfe000u64;
+    let prod = vm.u32_at(page + 2052);
+    for (i, b) in bytes.iter().enumerate() {
+        vm.write(page + u64::from(prod.wrapping_add(i as u32) & 1023), &[*b]);
+    }
+    vm.write(page + 2052, &prod.wrapping_add(bytes.len() as u32).to_le_bytes());
+    assert_eq!(op(vm, 4, &[1]).0, 0);
+    let (c, p) = (vm.u32_at(page + 2056), vm.u32_at(page + 2060));
+    let out: Vec<u8> = (c..p).map(|i| vm.read(page + 1024 + u64::from(i & 1023), 1)[0]).collect();
+    vm.write(page + 2056, &p.to_le_bytes());
+    out
+}
+
+#[test]
+fn xenstore_answers_through_its_ring() {
+    let vm = vm();
+    let reply = xs_send(&vm, &encode(msg::XS_READ, 7, 0, b"domid\0"));
+    assert_eq!(reply, encode(msg::XS_READ, 7, 0, b"1"));
+    let reply = xs_send(&vm, &encode(msg::XS_WATCH, 8, 0, b"data\0tok\0"));
+    let mut want = encode(msg::XS_WATCH, 8, 0, b"OK\0");
+    want.extend(encode(msg::XS_WATCH_EVENT, 0, 0, b"data\0tok\0"));
+    assert_eq!(reply, want);
+    let reply = xs_send(&vm, &encode(msg::XS_WRITE, 9, 0, b"data/k\0v1"));
+    let mut want = encode(msg::XS_WRITE, 9, 0, b"OK\0");
+    want.extend(encode(msg::XS_WATCH_EVENT, 0, 0, b"data/k\0tok\0"));
+    assert_eq!(reply, want);
+    assert_eq!(vm.u32_at(0xfe000 + layout::REQ_CONS as u64), vm.u32_at(0xfe000 + 2052));
+}
+
+#[test]
+fn a_bad_xenstore_ring_sets_the_error_field() {
+    let vm = vm();
+    vm.write(0xfe000 + 2052, &2000u32.to_le_bytes());
+    assert_eq!(op(&vm, 4, &[1]).0, 0);
+    assert_eq!(vm.u32_at(0xfe000 + layout::ERROR as u64), XENSTORE_ERROR_RINGIDX);
+    // Reconnect, then an oversized message.
+    vm.write(0xfe000 + layout::CONNECTION as u64, &1u32.to_le_bytes());
+    assert_eq!(op(&vm, 4, &[1]).0, 0);
+    assert_eq!(vm.u32_at(0xfe000 + layout::ERROR as u64), 0);
+    assert_eq!(vm.u32_at(0xfe000 + 2052), 0);
+    assert_eq!(
+        xs_send(&vm, &encode(msg::XS_READ, 2, 0, b"domid\0")),
+        encode(msg::XS_READ, 2, 0, b"1")
+    );
+    let mut big = encode(msg::XS_WRITE, 1, 0, b"");
+    big[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    let _ = xs_send(&vm, &big);
+    assert_eq!(vm.u32_at(0xfe000 + layout::ERROR as u64), XENSTORE_ERROR_PROTO);
+}
+
+#[test]
+fn console_output_reaches_the_vm_console_and_input_the_ring() {
+    let vm = vm();
+    let page = 0xff000u64;
+    vm.write(page + 1024, b"hello");
+    vm.write(page + 3084, &5u32.to_le_bytes());
+    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"in");
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    let effects = vm.platform.take();
+    assert!(effects.contains(&Effect::Console(0, b"hello".to_vec())), "{effects:?}");
+    assert_eq!(vm.u32_at(page + 3080), 5);
+    assert_eq!(vm.read(page, 2), b"in");
+    assert_eq!(vm.u32_at(page + 3076), 2);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Timer(0x1_0000, Some(_)))));
+    // Output indices past the ring: dropped, the ring usable again.
+    vm.write(page + 3084, &9000u32.to_le_bytes());
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    assert_eq!(vm.u32_at(page + 3080), 9000);
+    assert_eq!(vm.xen().state.console.lock().unwrap().protocol_errors, 1);
+    let mut ring = vec![0u8; 4096];
+    assert!(ring[..].write(4090, &[0; 6]));
+}
+
+#[test]
+fn the_callback_vector_serves_vcpus_without_their_own() {
+    let vm = vm();
+    // HVM_PARAM_CALLBACK_IRQ = type 2 (vector) 0xf5.
+    let mut p = [0u8; 16];
+    p[0..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    p[8..16].copy_from_slice(&((2u64 << 56) | 0xf5).to_le_bytes());
+    vm.write(ARG + 256, &p);
+    assert_eq!(vm.rax64(34, &[0, ARG + 256]), 0);
+    let (r, out) = op(&vm, 7, &[1, 0]);
+    assert_eq!(r, 0);
+    let ipi = out[1];
+    assert_eq!(op(&vm, 7, &[2, 0]).0, e(ENOENT), "no vCPU 2");
+    vm.platform.take();
+    assert_eq!(op(&vm, 4, &[ipi]).0, 0);
+    // vCPU 1's vcpu_info is shared_info's slot 1.
+    assert_eq!(vm.read(SHINFO + 64, 1), [1]);
+    assert!(vm.platform.take().contains(&Effect::Interrupt(1, 0xf5)));
+    // bind_vcpu moves an interdomain port to another vCPU.
+    let (_, out) = op(&vm, 0, &[0, 3, 0]);
+    let a = out[2];
+    assert_eq!(op(&vm, 8, &[a, 1]).0, 0);
+    assert_eq!(op(&vm, 8, &[a, 7]).0, e(ENOENT));
+    let (_, st) = op(&vm, 5, &[0x7ff0, a, 0, 0, 0, 0]);
+    assert_eq!(st[3], 1, "status shows vCPU 1");
+}
+
+#[test]
+fn later_host_input_arrives_by_the_poll_timer() {
+    let vm = vm();
+    let page = 0xff000u64;
+    // Input before the guest uses the ring stays for CONSOLEIO_read.
+    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), None);
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    let due = vm.platform.inner.timer_deadline(0x1_0000).expect("the input poll is armed");
+    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"late");
+    vm.platform.set_now(due);
+    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 1);
+    assert_eq!(vm.read(page, 4), b"late");
+    assert_eq!(vm.u32_at(page + 3076), 4);
+    // The console port was raised, and the poll armed again.
+    assert!(pending(&vm, 2));
+    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), Some(due + 10_000_000));
+}
