@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{ExitReason, Next, Outcome};
-use crate::regs::Gpr;
+use crate::regs::{CpuMode, Gpr};
 use crate::table::HypercallRow;
 
 /// One decoded argument: `name=value`, or a bare value when `name` is `None` (a sub-op name,
@@ -285,14 +285,22 @@ pub fn describe_exit(reason: &ExitReason) -> String {
 
 /// `-NAME` for a negated error code found in `names`, else the value as a signed number.
 pub fn negated_errno(value: i64, names: &[(u64, &str)]) -> String {
-    let found = (value < 0)
-        .then(|| names.iter().find(|(code, _)| *code == value.unsigned_abs()))
-        .flatten();
+    let found =
+        (value < 0).then(|| names.iter().find(|(code, _)| *code == value.unsigned_abs())).flatten();
     match found {
         Some((_, name)) => format!("-{name}"),
         None if (-4096..0).contains(&value) => format!("-{}", value.unsigned_abs()),
         None if value < 0x1_0000 => value.to_string(),
         None => format!("{value:#x}"),
+    }
+}
+
+/// A result register as the caller's signed `long`: sign-extended from 32 bits for callers
+/// outside long mode.
+pub fn signed_result(mode: CpuMode, value: u64) -> i64 {
+    match mode {
+        CpuMode::Long64 => value as i64,
+        CpuMode::Protected32 | CpuMode::Real => i64::from(value as u32 as i32),
     }
 }
 
@@ -430,7 +438,10 @@ mod tests {
             result: "ok".into(),
             ..event(Verdict::Ok, 0)
         };
-        assert_eq!(m.to_string(), "vcpu0 WRMSR 0x40000001 HV_X64_MSR_HYPERCALL(value=0x1001) -> ok");
+        assert_eq!(
+            m.to_string(),
+            "vcpu0 WRMSR 0x40000001 HV_X64_MSR_HYPERCALL(value=0x1001) -> ok"
+        );
     }
 
     #[test]
