@@ -61,6 +61,12 @@ impl CallTrace {
         self.arg(name, format_args!("{value:#x}"))
     }
 
+    /// Adds `name=N` for a count or an index: decimal when small, hex otherwise ([`num`]).
+    #[must_use]
+    pub fn num(self, name: &str, value: u64) -> Self {
+        self.arg(name, num(value))
+    }
+
     /// Adds a bare value (a sub-op name, a rep range).
     #[must_use]
     pub fn item(mut self, value: impl fmt::Display) -> Self {
@@ -80,6 +86,16 @@ impl CallTrace {
             call = call.hex(&format!("a{i}"), *a);
         }
         call
+    }
+}
+
+/// A number as traces show counts, indices and call numbers: decimal below 0x10000, hex
+/// above (an all-ones value reads better as `0xffffffffffffffff`).
+pub fn num(value: u64) -> String {
+    if value < 0x1_0000 {
+        value.to_string()
+    } else {
+        format!("{value:#x}")
     }
 }
 
@@ -228,7 +244,7 @@ impl fmt::Display for TraceEvent {
                 if let Some(insn) = &self.instruction {
                     write!(f, " {insn}")?;
                 }
-                write!(f, " #{} {}", self.call.number, self.call)?;
+                write!(f, " #{} {}", num(self.call.number), self.call)?;
             }
             TraceKind::Rdmsr | TraceKind::Wrmsr => {
                 let insn = if self.kind == TraceKind::Rdmsr { "RDMSR" } else { "WRMSR" };
@@ -290,7 +306,7 @@ pub fn negated_errno(value: i64, names: &[(u64, &str)]) -> String {
     match found {
         Some((_, name)) => format!("-{name}"),
         None if (-4096..0).contains(&value) => format!("-{}", value.unsigned_abs()),
-        None if value < 0x1_0000 => value.to_string(),
+        None if value >= 0 => num(value.unsigned_abs()),
         None => format!("{value:#x}"),
     }
 }

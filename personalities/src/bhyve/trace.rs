@@ -20,11 +20,11 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
             let c = named("HYPERCALL_DTRACE_PROBE_CREATE");
             match read_probe_name(memory, a0, a1, &mut buf) {
                 Ok(name) => c.arg("name", format_args!("{name:?}")),
-                Err(_) => c.hex("name", a0).arg("len", a1),
+                Err(_) => c.hex("name", a0).num("len", a1),
             }
         }
         HYPERCALL_DTRACE_PROBE => {
-            named("HYPERCALL_DTRACE_PROBE").arg("id", a0).hex("args", a1).arg("thread", a2)
+            named("HYPERCALL_DTRACE_PROBE").num("id", a0).hex("args", a1).num("thread", a2)
         }
         n => CallTrace::raw(TABLE, n, &input.args),
     }

@@ -58,7 +58,7 @@ fn vp_set_format(format: u64) -> String {
     match format {
         HV_GENERIC_SET_SPARSE_4K => "HV_GENERIC_SET_SPARSE_4K".to_string(),
         HV_GENERIC_SET_ALL => "HV_GENERIC_SET_ALL".to_string(),
-        other => other.to_string(),
+        other => polyvisor_core::trace::num(other),
     }
 }
 
@@ -116,12 +116,15 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
             let c = shown(c, "vector", word(0).map(|w| w & 0xffff_ffff), &hex);
             shown(c, "vp_set", word(1), &vp_set_format)
         }
-        HVCALL_NOTIFY_LONG_SPIN_WAIT => shown(c, "retry_count", word(0), &|v| v.to_string()),
+        HVCALL_NOTIFY_LONG_SPIN_WAIT => {
+            shown(c, "retry_count", word(0), &polyvisor_core::trace::num)
+        }
         HVCALL_POST_DEBUG_DATA | HVCALL_RETRIEVE_DEBUG_DATA => {
-            let c = shown(c, "count", word(0).map(|w| w & 0xffff_ffff), &|v| v.to_string());
+            let c =
+                shown(c, "count", word(0).map(|w| w & 0xffff_ffff), &polyvisor_core::trace::num);
             c.hex("output", gpa_out)
         }
-        HVCALL_SIGNAL_EVENT if control.fast() => c.arg("connection_id", gpa_in & 0xffff_ffff),
+        HVCALL_SIGNAL_EVENT if control.fast() => c.num("connection_id", gpa_in & 0xffff_ffff),
         _ if control.fast() => c.hex("in0", gpa_in).hex("in1", gpa_out),
         _ => c.hex("input", gpa_in).hex("output", gpa_out),
     }

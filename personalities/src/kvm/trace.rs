@@ -1,7 +1,7 @@
 //! KVM's calls and MSRs in a trace: the argument names of
 //! `Documentation/virt/kvm/x86/hypercalls.rst`, results as `-KVM_E*` (`kvm_para.h`).
 
-use polyvisor_core::trace::{describe_outcome, negated_errno, signed_result};
+use polyvisor_core::trace::{describe_outcome, negated_errno, num, signed_result};
 use polyvisor_core::{CallTrace, Gpr, Outcome, VcpuSnapshot};
 
 use super::{abi, calls, codec};
@@ -23,11 +23,11 @@ pub(super) fn call(vcpu: &VcpuSnapshot) -> CallTrace {
     let named = |name: &str| CallTrace::new(input.number, name);
     match input.number {
         abi::KVM_HC_VAPIC_POLL_IRQ => named("KVM_HC_VAPIC_POLL_IRQ"),
-        abi::KVM_HC_KICK_CPU => named("KVM_HC_KICK_CPU").hex("flags", a0).arg("apicid", a1),
+        abi::KVM_HC_KICK_CPU => named("KVM_HC_KICK_CPU").hex("flags", a0).num("apicid", a1),
         abi::KVM_HC_CLOCK_PAIRING => {
             let clock = match a1 {
                 abi::KVM_CLOCK_PAIRING_WALLCLOCK => "KVM_CLOCK_PAIRING_WALLCLOCK".to_string(),
-                other => other.to_string(),
+                other => num(other),
             };
             named("KVM_HC_CLOCK_PAIRING").hex("pa", a0).arg("clock_type", clock)
         }
@@ -36,12 +36,12 @@ pub(super) fn call(vcpu: &VcpuSnapshot) -> CallTrace {
             if a1 != 0 {
                 c = c.hex("bitmap_high", a1);
             }
-            c.arg("min", a2).hex("icr", a3)
+            c.num("min", a2).hex("icr", a3)
         }
-        abi::KVM_HC_SCHED_YIELD => named("KVM_HC_SCHED_YIELD").arg("apicid", a0),
+        abi::KVM_HC_SCHED_YIELD => named("KVM_HC_SCHED_YIELD").num("apicid", a0),
         abi::KVM_HC_MAP_GPA_RANGE => named("KVM_HC_MAP_GPA_RANGE")
             .hex("gpa", a0)
-            .arg("npages", a1)
+            .num("npages", a1)
             .arg("attrs", gpa_attrs(a2)),
         n => CallTrace::raw(calls::TABLE, n, &input.args[..4]),
     }

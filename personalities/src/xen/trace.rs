@@ -4,7 +4,7 @@
 //! trace shows them, and results as negated `errno.h` names. A sub-op without a name here is
 //! shown by number.
 
-use polyvisor_core::trace::{describe_outcome, negated_errno, row_name, signed_result};
+use polyvisor_core::trace::{describe_outcome, negated_errno, num, row_name, signed_result};
 use polyvisor_core::{CallTrace, Gpr, GuestMemoryMmap, Outcome, VcpuSnapshot};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -144,10 +144,7 @@ const VCPUOP: &[(u64, &str)] = &[
 
 /// The constant's name, or the number.
 fn name_of(value: u64, names: &[(u64, &str)]) -> String {
-    names
-        .iter()
-        .find(|(v, _)| *v == value)
-        .map_or_else(|| value.to_string(), |(_, n)| n.to_string())
+    names.iter().find(|(v, _)| *v == value).map_or_else(|| num(value), |(_, n)| n.to_string())
 }
 
 /// Reads guest memory at `base + offset` for the trace; `None` when it is not guest memory.
@@ -231,7 +228,7 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
                 c
             }
         }
-        nr::console_io => c.item(name_of(a0, CONSOLEIO)).arg("count", a1).hex("buffer", a2),
+        nr::console_io => c.item(name_of(a0, CONSOLEIO)).num("count", a1).hex("buffer", a2),
         nr::hvm_op => {
             let c = c.item(name_of(a0, HVMOP));
             let g = at(a1);
@@ -265,7 +262,7 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
             let cmd = a0 & MEMOP_CMD_MASK;
             let mut c = c.item(name_of(cmd, XENMEM));
             if a0 >> MEMOP_EXTENT_SHIFT != 0 {
-                c = c.arg("extent", a0 >> MEMOP_EXTENT_SHIFT);
+                c = c.num("extent", a0 >> MEMOP_EXTENT_SHIFT);
             }
             if cmd == XENMEM_add_to_physmap {
                 // struct xen_add_to_physmap { domid_t domid; uint16_t size; unsigned int space;
@@ -276,7 +273,7 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
                     Some(vec![
                         ("domid", domid(g.u16(0)?)),
                         ("space", name_of(g.u32(4)?, XENMAPSPACE)),
-                        ("idx", g.word(8, width)?.to_string()),
+                        ("idx", num(g.word(8, width)?)),
                         ("gpfn", format!("{:#x}", g.word(8 + w, width)?)),
                     ])
                 })();
@@ -285,9 +282,9 @@ pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
                 c.hex("arg", a1)
             }
         }
-        nr::vcpu_op => c.item(name_of(a0, VCPUOP)).arg("vcpu", a1).hex("arg", a2),
+        nr::vcpu_op => c.item(name_of(a0, VCPUOP)).num("vcpu", a1).hex("arg", a2),
         // Sub-ops are shown by number: each names a `*_op` command first.
-        _ if row.is_some_and(|r| r.ends_with("_op")) => c.arg("cmd", a0).hex("arg", a1),
+        _ if row.is_some_and(|r| r.ends_with("_op")) => c.num("cmd", a0).hex("arg", a1),
         n => {
             let raw = CallTrace::raw(TABLE, n, &input.args);
             CallTrace { name: name.to_string(), ..raw }
