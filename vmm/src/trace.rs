@@ -239,9 +239,9 @@ impl TraceSink for VmTrace {
 /// A duration in nanoseconds, in the unit that suits it.
 fn duration(ns: u64) -> String {
     match ns {
-        0..=9_999 => format!("{ns} ns"),
-        10_000..=9_999_999 => format!("{:.1} us", ns as f64 / 1e3),
-        _ => format!("{:.1} ms", ns as f64 / 1e6),
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} us", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
     }
 }
 
@@ -353,6 +353,6 @@ mod tests {
         let t = stats_table(&[r]);
         let line = t.lines().nth(1).unwrap();
         assert!(line.starts_with("hypercall sched_op (29)"), "{t}");
-        assert!(line.ends_with("1500 ns    25.0 us"), "{t}");
+        assert!(line.ends_with("1.5 us    25.0 us"), "{t}");
     }
 }

@@ -15,6 +15,9 @@ use polyvisor_vmm::host::HostReport;
 use polyvisor_vmm::trap::probe::CallFate;
 use polyvisor_vmm::{run, RunOptions, RunReport, TraceFormat, TraceOptions, TraceOutput, VmEnd};
 
+mod common;
+use common::cpl3_fate as fate;
+
 fn host() -> &'static HostReport {
     static HOST: OnceLock<HostReport> = OnceLock::new();
     HOST.get_or_init(polyvisor_vmm::host_check)
@@ -24,17 +27,6 @@ fn host() -> &'static HostReport {
 /// host: docs/host-support.md); elsewhere the ring-3 lines differ and the test says so.
 fn cpl3_vmmcall_trapped() -> bool {
     host().probe.as_ref().is_some_and(|p| p.cpl3_vmmcall.trapped())
-}
-
-/// A guest's words for what CPL-3 calls do here: `trap`, `host`, `gp` or `ud`.
-fn fate(f: CallFate, bits32: bool, vmcall: bool) -> &'static str {
-    match f {
-        CallFate::TrappedAsMmio | CallFate::TrappedAsXen => "trap",
-        CallFate::AnsweredByHost(_) if bits32 && vmcall => "gp",
-        CallFate::AnsweredByHost(_) => "host",
-        CallFate::InvalidOpcode => "ud",
-        other => panic!("the host probe saw a CPL-3 call {other}"),
-    }
 }
 
 /// One traced run: the mode's guest, its configuration and the least `ok` lines it prints.
@@ -224,6 +216,15 @@ fn bhyve_trace_matches_golden() {
     assert!(has("-> HYPERCALL_RET_ERROR [refused: wrong ring]"));
 }
 
+/// `kvm_abi`'s words for a CPL-3 instruction: the engine answers it (`abi`) or the host does.
+fn kvm_cpl3(fate: CallFate) -> &'static str {
+    if fate.trapped() {
+        "abi"
+    } else {
+        "host"
+    }
+}
+
 fn kvm_case() -> Case {
     const DENY: &str = "hypercalls_enabled = true\n\
                         deny = [\"KVM_HC_VAPIC_POLL_IRQ\", \"KVM_HC_SEND_IPI\", 12]";
@@ -242,8 +243,8 @@ fn kvm_case() -> Case {
         cmdline: format!(
             "expect=deny deny=1,10,12 features={features:#x} cpl3_vmcall={} cpl3_vmmcall={} \
              pairing={}",
-            fate(p.cpl3_vmcall, false, true),
-            fate(p.cpl3_vmmcall, false, false),
+            kvm_cpl3(p.cpl3_vmcall),
+            kvm_cpl3(p.cpl3_vmmcall),
             if facts.stable_tsc { "ok" } else { "eopnotsupp" }
         ),
         min_ok: 90,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use polyvisor_config::{Config, LoadedConfig};
 use polyvisor_vmm::testing::{test_engine, TestPersonality};
+use polyvisor_vmm::trap::probe::CallFate;
 use polyvisor_vmm::{run, RunOptions, RunReport};
 
 /// A config: `vcpus`, 64 MiB, hypercalls enabled, a command line.
@@ -44,4 +45,17 @@ pub fn run_guest(name: &str, vcpus: u32, cmdline: &str) -> (RunReport, Arc<TestP
 /// Prints the console and the end for a failing assertion's context.
 pub fn show(r: &RunReport) -> String {
     format!("--- console ---\n{}--- end ---\n{}\n{:?}", r.console_text(), r.message, r.stats)
+}
+
+/// What a CPL-3 instruction does on this host, as the guest's `cpl3_*=` words say it: the
+/// probe measured 64-bit guests; a 32-bit CPL-3 VMCALL that the host kernel answers in 64-bit
+/// mode raises #GP instead (measured, tests/guests/README.md "CPL-3 hypercalls on this host").
+pub fn cpl3_fate(f: CallFate, bits32: bool, vmcall: bool) -> &'static str {
+    match f {
+        CallFate::TrappedAsMmio | CallFate::TrappedAsXen => "trap",
+        CallFate::AnsweredByHost(_) if bits32 && vmcall => "gp",
+        CallFate::AnsweredByHost(_) => "host",
+        CallFate::InvalidOpcode => "ud",
+        other => panic!("the host probe saw a CPL-3 call {other}"),
+    }
 }
