@@ -142,6 +142,9 @@ impl<P: Personality> Engine<P> {
             .map(|(_, row)| *row)
     }
 
+    /// The flow, returning the verdict beside the outcome. Inlined into both callers so the
+    /// untraced path stays what it was before tracing existed.
+    #[inline(always)]
     fn run(
         &self,
         vcpu: &VcpuSnapshot,
@@ -206,7 +209,7 @@ impl<P: Personality> Engine<P> {
         platform: &dyn Platform,
     ) -> Outcome {
         let p = &*self.personality;
-        let call = p.trace_call(vcpu, memory);
+        let call = p.trace_call(vcpu, memory, platform);
         let (start, (outcome, verdict)) = timed(sink, || self.run(vcpu, memory, platform));
         let elapsed_ns = elapsed_ns(start);
         sink.record(TraceEvent {

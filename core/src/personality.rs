@@ -141,9 +141,14 @@ pub trait Personality: Send + Sync + 'static {
     /// name, sub-op, arguments by name. Called only while tracing, before the call runs, and
     /// also for calls the engine refuses (disabled, malformed), so it must read the registers
     /// itself rather than trust [`Personality::decode`]. Guest memory may be read to name
-    /// what a pointer argument points at. The default names the row and shows the decoded
-    /// arguments raw.
-    fn trace_call(&self, vcpu: &VcpuSnapshot, _memory: &GuestMemoryMmap) -> CallTrace {
+    /// what a pointer argument points at (through `platform` where the ABI passes linear
+    /// addresses). The default names the row and shows the decoded arguments raw.
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        _memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
         match self.decode(vcpu) {
             Ok(input) => CallTrace::raw(self.table(), input.number, &input.args),
             Err(_) => CallTrace::raw(self.table(), vcpu.regs.get(Gpr::Rax), &[]),

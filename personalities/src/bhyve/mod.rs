@@ -24,7 +24,7 @@ use std::sync::Arc;
 use polyvisor_config::{BhyveLeaf, Config};
 use polyvisor_core::{
     CallInput, CallTrace, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap, HypercallRow,
-    HypervisorMode, Outcome, Personality, PolicyError, Refusal, Reply, VcpuSnapshot,
+    HypervisorMode, Outcome, Personality, Platform, PolicyError, Refusal, Reply, VcpuSnapshot,
 };
 
 pub use probe_log::probe_event_json;
@@ -125,7 +125,12 @@ impl Personality for Bhyve {
         lines
     }
 
-    fn trace_call(&self, vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
         trace::call(vcpu, memory)
     }
 

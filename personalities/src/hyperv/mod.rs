@@ -26,7 +26,7 @@ use polyvisor_config::{Config, ResetAction};
 use polyvisor_core::{
     CallInput, CallTrace, CpuMode, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap,
     HypercallInstruction, HypercallRow, HypervisorMode, MsrContext, MsrRead, MsrWrite, Outcome,
-    Personality, Refusal, Reply, VcpuSnapshot,
+    Personality, Platform, Refusal, Reply, VcpuSnapshot,
 };
 
 use crate::{BuildError, HostFacts};
@@ -157,7 +157,12 @@ impl Personality for HyperV {
         self.msr_write(ctx, msr, value)
     }
 
-    fn trace_call(&self, vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
         trace::call(vcpu, memory)
     }
 

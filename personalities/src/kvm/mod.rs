@@ -194,7 +194,12 @@ impl Personality for KvmPersonality {
         self.write_kvm_msr(ctx, msr, value)
     }
 
-    fn trace_call(&self, vcpu: &VcpuSnapshot, _memory: &GuestMemoryMmap) -> CallTrace {
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        _memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
         trace::call(vcpu)
     }
 

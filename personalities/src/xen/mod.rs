@@ -168,8 +168,13 @@ impl Personality for Xen {
         }
     }
 
-    fn trace_call(&self, vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
-        trace::call(vcpu, memory)
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        platform: &dyn Platform,
+    ) -> CallTrace {
+        trace::call(vcpu, memory, platform)
     }
 
     fn trace_result(&self, vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {

@@ -5,8 +5,7 @@
 //! shown by number.
 
 use polyvisor_core::trace::{describe_outcome, negated_errno, num, row_name, signed_result};
-use polyvisor_core::{CallTrace, Gpr, GuestMemoryMmap, Outcome, VcpuSnapshot};
-use vm_memory::{Bytes, GuestAddress};
+use polyvisor_core::{Call, CallTrace, Gpr, GuestMemoryMmap, Outcome, Platform, VcpuSnapshot};
 
 use super::abi::console::*;
 use super::abi::hvm::*;
@@ -17,6 +16,7 @@ use super::abi::vcpu::*;
 use super::abi::version::*;
 use super::abi::{errno, nr, DOMID_SELF};
 use super::codec::{self, Width};
+use super::guest::Guest;
 use super::table::TABLE;
 
 /// The prefix of every row name (`xen.h`'s `__HYPERVISOR_*`), left out of traces.
@@ -147,27 +147,28 @@ fn name_of(value: u64, names: &[(u64, &str)]) -> String {
     names.iter().find(|(v, _)| *v == value).map_or_else(|| num(value), |(_, n)| n.to_string())
 }
 
-/// Reads guest memory at `base + offset` for the trace; `None` when it is not guest memory.
-struct Guest<'a> {
-    memory: &'a GuestMemoryMmap,
+/// Reads the structure at linear address `base` for the trace, as the handlers do
+/// ([`super::guest`]); `None` when the guest could not have it read.
+struct At<'g, 'a> {
+    guest: &'g Guest<'a>,
     base: u64,
 }
 
-impl Guest<'_> {
+impl At<'_, '_> {
+    fn bytes<const N: usize>(&self, offset: u64) -> Option<[u8; N]> {
+        self.guest.read_array::<N>(self.base.checked_add(offset)?).ok()
+    }
     fn u16(&self, offset: u64) -> Option<u64> {
-        let at = GuestAddress(self.base.checked_add(offset)?);
-        self.memory.read_obj::<u16>(at).ok().map(u64::from)
+        self.bytes::<2>(offset).map(|b| u64::from(u16::from_le_bytes(b)))
     }
     fn u32(&self, offset: u64) -> Option<u64> {
-        let at = GuestAddress(self.base.checked_add(offset)?);
-        self.memory.read_obj::<u32>(at).ok().map(u64::from)
+        self.bytes::<4>(offset).map(|b| u64::from(u32::from_le_bytes(b)))
     }
     /// A `xen_ulong_t` / `xen_pfn_t` of the caller's width.
     fn word(&self, offset: u64, width: Width) -> Option<u64> {
-        let at = GuestAddress(self.base.checked_add(offset)?);
         match width {
-            Width::W64 => self.memory.read_obj::<u64>(at).ok(),
-            Width::W32 => self.memory.read_obj::<u32>(at).ok().map(u64::from),
+            Width::W64 => self.bytes::<8>(offset).map(u64::from_le_bytes),
+            Width::W32 => self.u32(offset),
         }
     }
 }
@@ -190,14 +191,19 @@ fn fields(c: CallTrace, arg: u64, read: Option<Vec<(&str, String)>>) -> CallTrac
 }
 
 /// The call in `vcpu`'s registers, by the caller's convention.
-pub(super) fn call(vcpu: &VcpuSnapshot, memory: &GuestMemoryMmap) -> CallTrace {
+pub(super) fn call(
+    vcpu: &VcpuSnapshot,
+    memory: &GuestMemoryMmap,
+    platform: &dyn Platform,
+) -> CallTrace {
     let width = Width::of(vcpu);
     let input = codec::decode(vcpu);
+    let guest = Guest::of(&Call { input, vcpu, memory, platform });
     let [a0, a1, a2, ..] = input.args;
     let row = row_name(TABLE, input.number);
     let name = row.map_or(polyvisor_core::trace::UNKNOWN, |n| n.strip_prefix(PREFIX).unwrap_or(n));
     let c = CallTrace::new(input.number, name);
-    let at = |base: u64| Guest { memory, base };
+    let at = |base: u64| At { guest: &guest, base };
     match input.number {
         nr::sched_op => {
             let c = c.item(name_of(a0, SCHEDOP));
@@ -306,8 +312,13 @@ pub(super) fn msr_name(msr: u32) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use polyvisor_core::testing::{memory, snapshot};
+    use polyvisor_core::testing::{memory, snapshot, RecordingPlatform};
     use polyvisor_core::{CpuMode, Registers};
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn call(v: &VcpuSnapshot, mem: &GuestMemoryMmap) -> CallTrace {
+        super::call(v, mem, &RecordingPlatform::new(1))
+    }
 
     fn call64(rax: u64, rdi: u64, rsi: u64, rdx: u64, mem: &GuestMemoryMmap) -> String {
         call(&snapshot(Registers { rax, rdi, rsi, rdx, ..Default::default() }), mem).to_string()
