@@ -1,5 +1,6 @@
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crate::counters::{bump, CallCounters, CounterSnapshot, RefusalCounters};
 use crate::cpuid::CpuidLeaf;
@@ -10,6 +11,7 @@ use crate::personality::{Call, Personality, Refusal, Reply};
 use crate::platform::Platform;
 use crate::policy::{CallSelector, Policy, PolicyError};
 use crate::regs::{CpuMode, VcpuSnapshot};
+use crate::trace::{CallTrace, TraceEvent, TraceKind, TraceSink, Verdict};
 use crate::GuestMemoryMmap;
 
 /// A table row as tools display it.
@@ -58,6 +60,13 @@ pub trait Dispatch: Send + Sync {
     fn rows(&self) -> Vec<RowInfo>;
     /// Refusal counters.
     fn refusals(&self) -> &RefusalCounters;
+    /// Sends every hypercall and synthetic-MSR access from now on to `sink` as a
+    /// [`TraceEvent`]. Only one sink can be installed; returns `false` if one was already
+    /// there (or this dispatcher does not trace).
+    fn set_trace_sink(&self, sink: Arc<dyn TraceSink>) -> bool {
+        let _ = sink;
+        false
+    }
 }
 
 /// The dispatch engine for one VM and one personality.
@@ -69,6 +78,8 @@ pub struct Engine<P: Personality> {
     permitted: Box<[bool]>,
     counters: Box<[CallCounters]>,
     refusals: RefusalCounters,
+    /// Set once when tracing is asked for; unset, the hot path pays one branch.
+    trace: OnceLock<Arc<dyn TraceSink>>,
 }
 
 impl<P: Personality> Engine<P> {
@@ -109,6 +120,7 @@ impl<P: Personality> Engine<P> {
             permitted: permitted.into_boxed_slice(),
             counters,
             refusals: RefusalCounters::default(),
+            trace: OnceLock::new(),
         })
     }
 
@@ -130,54 +142,157 @@ impl<P: Personality> Engine<P> {
             .map(|(_, row)| *row)
     }
 
+    /// The flow, returning the verdict beside the outcome. Inlined into both callers so the
+    /// untraced path stays what it was before tracing existed.
+    #[inline(always)]
     fn run(
         &self,
         vcpu: &VcpuSnapshot,
         memory: &GuestMemoryMmap,
         platform: &dyn Platform,
-    ) -> Outcome {
+    ) -> (Outcome, Verdict) {
         let p = &*self.personality;
         if !self.enabled {
             bump(&self.refusals.disabled);
-            return p.refuse(vcpu, Refusal::Disabled);
+            return (p.refuse(vcpu, Refusal::Disabled), Verdict::Disabled);
         }
         let input = match p.decode(vcpu) {
             Ok(input) => input,
             Err(answer) => {
                 bump(&self.refusals.malformed);
-                return answer;
+                return (answer, Verdict::Malformed);
             }
         };
         let number = input.number;
         let Some(i) = self.row_index(number) else {
             bump(&self.refusals.unknown);
-            return p.refuse(vcpu, Refusal::Unknown { number });
+            return (p.refuse(vcpu, Refusal::Unknown { number }), Verdict::Unknown);
         };
         let (Some(row), Some(counters)) = (p.table().get(i), self.counters.get(i)) else {
             bump(&self.refusals.unknown);
-            return p.refuse(vcpu, Refusal::Unknown { number });
+            return (p.refuse(vcpu, Refusal::Unknown { number }), Verdict::Unknown);
         };
         if !self.permitted.get(i).copied().unwrap_or(false) {
             bump(&counters.denied);
-            return p.refuse(vcpu, Refusal::Denied { number });
+            return (p.refuse(vcpu, Refusal::Denied { number }), Verdict::Denied);
         }
         // Real mode has no rings; every caller there counts as ring 0.
         let cpl = if vcpu.mode == CpuMode::Real { 0 } else { vcpu.cpl };
         if !row.rings.allows(cpl) {
             bump(&counters.wrong_ring);
-            return p.refuse(vcpu, Refusal::WrongRing { number, cpl });
+            return (p.refuse(vcpu, Refusal::WrongRing { number, cpl }), Verdict::WrongRing);
         }
         let Some(handler) = row.handler else {
             bump(&self.refusals.unknown);
-            return p.refuse(vcpu, Refusal::Unimplemented { number });
+            return (p.refuse(vcpu, Refusal::Unimplemented { number }), Verdict::Unimplemented);
         };
         let mut call = Call { input, vcpu, memory, platform };
         let reply = handler(p, &mut call);
         bump(&counters.calls);
+        let mut verdict = Verdict::Ok;
         if matches!(reply, Reply::Error(_)) || matches!(&reply, Reply::Outcome(o) if o.is_fault()) {
             bump(&counters.errors);
+            verdict = Verdict::Error;
         }
-        p.encode(vcpu, reply)
+        (p.encode(vcpu, reply), verdict)
+    }
+
+    /// [`Engine::run`] with a trace event: the call is described before it runs (a handler
+    /// may change what its pointers point at), timed when the sink asks for it, and its
+    /// result named after.
+    #[cold]
+    fn run_traced(
+        &self,
+        sink: &dyn TraceSink,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        platform: &dyn Platform,
+    ) -> Outcome {
+        let p = &*self.personality;
+        let call = p.trace_call(vcpu, memory, platform);
+        let (start, (outcome, verdict)) = timed(sink, || self.run(vcpu, memory, platform));
+        let elapsed_ns = elapsed_ns(start);
+        sink.record(TraceEvent {
+            time_ns: 0,
+            vcpu: vcpu.vcpu,
+            kind: TraceKind::Hypercall,
+            cpl: Some(vcpu.cpl),
+            cpu_mode: Some(vcpu.mode.to_string()),
+            instruction: Some(vcpu.instruction.to_string()),
+            call,
+            verdict,
+            result: p.trace_result(vcpu, &outcome),
+            elapsed_ns,
+        });
+        outcome
+    }
+
+    /// Records one synthetic-MSR access.
+    #[cold]
+    fn record_msr(
+        &self,
+        sink: &dyn TraceSink,
+        access: MsrAccess,
+        elapsed_ns: Option<u64>,
+        verdict: Verdict,
+        result: String,
+    ) {
+        let name = self.personality.msr_name(access.msr).unwrap_or(crate::trace::UNKNOWN);
+        let mut call = CallTrace::new(u64::from(access.msr), name);
+        if let Some(value) = access.value {
+            call = call.hex("value", value);
+        }
+        sink.record(TraceEvent {
+            time_ns: 0,
+            vcpu: access.vcpu,
+            kind: if access.value.is_some() { TraceKind::Wrmsr } else { TraceKind::Rdmsr },
+            cpl: None,
+            cpu_mode: None,
+            instruction: None,
+            call,
+            verdict,
+            result,
+            elapsed_ns,
+        });
+    }
+}
+
+/// One MSR access as a trace records it; `value` is the written value for WRMSR.
+#[derive(Clone, Copy)]
+struct MsrAccess {
+    vcpu: u32,
+    msr: u32,
+    value: Option<u64>,
+}
+
+/// Runs `f`, noting the start time when the sink wants calls timed.
+fn timed<T>(sink: &dyn TraceSink, f: impl FnOnce() -> T) -> (Option<Instant>, T) {
+    let start = sink.timed().then(Instant::now);
+    (start, f())
+}
+
+fn elapsed_ns(start: Option<Instant>) -> Option<u64> {
+    start.map(|s| u64::try_from(s.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// An RDMSR answer as a trace shows it.
+fn msr_read_text(read: MsrRead) -> (Verdict, String) {
+    match read {
+        MsrRead::Value(v) => (Verdict::Ok, format!("{v:#x}")),
+        MsrRead::Gp => (Verdict::Error, "#GP".to_string()),
+        MsrRead::NotMine => (Verdict::Unknown, "#GP".to_string()),
+    }
+}
+
+/// A WRMSR answer as a trace shows it.
+fn msr_write_text(write: &MsrWrite) -> (Verdict, String) {
+    match write {
+        MsrWrite::Done => (Verdict::Ok, "ok".to_string()),
+        MsrWrite::Gp => (Verdict::Error, "#GP".to_string()),
+        MsrWrite::Exit(reason) => {
+            (Verdict::Ok, format!("exit {}", crate::trace::describe_exit(reason)))
+        }
+        MsrWrite::NotMine => (Verdict::Unknown, "#GP".to_string()),
     }
 }
 
@@ -192,15 +307,34 @@ impl<P: Personality> Dispatch for Engine<P> {
         memory: &GuestMemoryMmap,
         platform: &dyn Platform,
     ) -> Outcome {
-        self.run(vcpu, memory, platform)
+        match self.trace.get() {
+            None => self.run(vcpu, memory, platform).0,
+            Some(sink) => self.run_traced(&**sink, vcpu, memory, platform),
+        }
     }
 
     fn read_msr(&self, ctx: &MsrContext<'_>, msr: u32) -> MsrRead {
-        self.personality.read_msr(ctx, msr)
+        let Some(sink) = self.trace.get() else {
+            return self.personality.read_msr(ctx, msr);
+        };
+        let (start, read) = timed(&**sink, || self.personality.read_msr(ctx, msr));
+        let elapsed = elapsed_ns(start);
+        let (verdict, text) = msr_read_text(read);
+        let access = MsrAccess { vcpu: ctx.vcpu, msr, value: None };
+        self.record_msr(&**sink, access, elapsed, verdict, text);
+        read
     }
 
     fn write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
-        self.personality.write_msr(ctx, msr, value)
+        let Some(sink) = self.trace.get() else {
+            return self.personality.write_msr(ctx, msr, value);
+        };
+        let (start, write) = timed(&**sink, || self.personality.write_msr(ctx, msr, value));
+        let elapsed = elapsed_ns(start);
+        let (verdict, text) = msr_write_text(&write);
+        let access = MsrAccess { vcpu: ctx.vcpu, msr, value: Some(value) };
+        self.record_msr(&**sink, access, elapsed, verdict, text);
+        write
     }
 
     fn msr_ranges(&self) -> Vec<(u32, u32)> {
@@ -239,6 +373,10 @@ impl<P: Personality> Dispatch for Engine<P> {
 
     fn refusals(&self) -> &RefusalCounters {
         &self.refusals
+    }
+
+    fn set_trace_sink(&self, sink: Arc<dyn TraceSink>) -> bool {
+        self.trace.set(sink).is_ok()
     }
 }
 

@@ -292,3 +292,80 @@ fn counters_are_shared_across_threads() {
     });
     assert_eq!(e.rows()[0].counters.calls, 4000);
 }
+
+/// A sink that keeps what it gets.
+#[derive(Default)]
+struct Keep {
+    timed: bool,
+    events: std::sync::Mutex<Vec<TraceEvent>>,
+}
+
+impl TraceSink for Keep {
+    fn timed(&self) -> bool {
+        self.timed
+    }
+    fn record(&self, event: TraceEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+#[test]
+fn trace_sink_sees_every_call_with_its_verdict() {
+    let policy = Policy { deny: vec![CallSelector::Name("SAY".into())], ..Policy::permissive() };
+    let e = engine(policy);
+    let sink = Arc::new(Keep { timed: true, ..Keep::default() });
+    assert!(e.set_trace_sink(sink.clone()));
+    assert!(!e.set_trace_sink(sink.clone()), "one sink per engine");
+    // The outcomes are those of an untraced engine.
+    assert_eq!(call(&e, 0, 41, 0), Outcome::ret(Gpr::Rax, 42));
+    assert_eq!(rax(&call(&e, 1, 0, 3)), Some(RING));
+    assert_eq!(rax(&call(&e, 9, 0, 0)), Some(DENIED));
+    assert_eq!(rax(&call(&e, 2, 0, 0)), Some(UNIMPLEMENTED));
+    assert_eq!(rax(&call(&e, 77, 0, 0)), Some(UNKNOWN));
+    assert_eq!(rax(&call(&e, 1, 1 << 40, 0)), Some(u64::MAX));
+    call(&e, MALFORMED_FLAG, 0, 0);
+    let mem = memory(0x1000);
+    let platform = RecordingPlatform::new(1);
+    let ctx = MsrContext { vcpu: 0, memory: &mem, platform: &platform };
+    assert_eq!(e.read_msr(&ctx, 0x4000_0001), MsrRead::Gp);
+    assert_eq!(e.write_msr(&ctx, 0x4000_0000, 5), MsrWrite::Done);
+
+    let events = sink.events.lock().unwrap();
+    let got: Vec<(TraceKind, &str, Verdict)> =
+        events.iter().map(|ev| (ev.kind, ev.call.name.as_str(), ev.verdict)).collect();
+    use TraceKind::*;
+    assert_eq!(
+        got,
+        vec![
+            (Hypercall, "PING", Verdict::Ok),
+            (Hypercall, "READ", Verdict::WrongRing),
+            (Hypercall, "SAY", Verdict::Denied),
+            (Hypercall, "RESERVED", Verdict::Unimplemented),
+            (Hypercall, "unknown", Verdict::Unknown),
+            (Hypercall, "READ", Verdict::Error),
+            (Hypercall, "unknown", Verdict::Malformed),
+            (Rdmsr, "unknown", Verdict::Error),
+            (Wrmsr, "unknown", Verdict::Ok),
+        ]
+    );
+    assert_eq!(events[0].to_string(), "vcpu0 cpl0 64-bit VMCALL #0 PING(a0=0x29) -> 0x2a");
+    assert_eq!(events[6].result, "#GP");
+    assert!(events.iter().all(|ev| ev.elapsed_ns.is_some()), "timed when the sink asks");
+    let stats = CallStats::default();
+    events.iter().for_each(|ev| stats.add(ev));
+    let read = stats.rows().into_iter().find(|r| r.name == "READ").unwrap();
+    assert_eq!((read.count, read.errors, read.refused), (2, 1, 1));
+}
+
+#[test]
+fn untimed_sink_gets_no_times_and_disabled_calls_are_traced() {
+    let e = engine(Policy::default());
+    let sink = Arc::new(Keep::default());
+    e.set_trace_sink(sink.clone());
+    assert_eq!(rax(&call(&e, 0, 1, 0)), Some(DISABLED));
+    let events = sink.events.lock().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].verdict, Verdict::Disabled);
+    assert_eq!(events[0].call.name, "PING", "the call is named even when refused");
+    assert_eq!(events[0].elapsed_ns, None);
+}

@@ -31,6 +31,7 @@ mod policy;
 mod regs;
 mod table;
 pub mod testing;
+pub mod trace;
 
 pub use counters::{CallCounters, CounterSnapshot, RefusalCounters};
 pub use cpuid::{CpuidLeaf, SIGNATURE_SCAN};
@@ -43,6 +44,7 @@ pub use platform::{Platform, PlatformError, ProbeEvent, TimerCallback};
 pub use policy::{CallSelector, Policy, PolicyError};
 pub use regs::{CpuMode, Gpr, HypercallInstruction, Registers, VcpuSnapshot};
 pub use table::{HypercallRow, Rings};
+pub use trace::{CallStats, CallTrace, StatsRow, TraceEvent, TraceKind, TraceSink, Verdict};
 
 /// Guest memory as the engine sees it: vm-memory's mmap-backed regions, bounds-checked.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

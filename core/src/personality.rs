@@ -3,8 +3,10 @@ use crate::mode::HypervisorMode;
 use crate::msr::{MsrContext, MsrRead, MsrWrite};
 use crate::outcome::Outcome;
 use crate::platform::Platform;
+use crate::regs::Gpr;
 use crate::regs::VcpuSnapshot;
 use crate::table::HypercallRow;
+use crate::trace::{describe_outcome, CallTrace};
 use crate::GuestMemoryMmap;
 
 /// A call as the personality's convention decoded it from the registers.
@@ -133,5 +135,34 @@ pub trait Personality: Send + Sync + 'static {
     /// A write of a synthetic MSR.
     fn write_msr(&self, _ctx: &MsrContext<'_>, _msr: u32, _value: u64) -> MsrWrite {
         MsrWrite::NotMine
+    }
+
+    /// Describes the call in `vcpu`'s registers for a trace, in the ABI's own names: call
+    /// name, sub-op, arguments by name. Called only while tracing, before the call runs, and
+    /// also for calls the engine refuses (disabled, malformed), so it must read the registers
+    /// itself rather than trust [`Personality::decode`]. Guest memory may be read to name
+    /// what a pointer argument points at (through `platform` where the ABI passes linear
+    /// addresses). The default names the row and shows the decoded arguments raw.
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        _memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
+        match self.decode(vcpu) {
+            Ok(input) => CallTrace::raw(self.table(), input.number, &input.args),
+            Err(_) => CallTrace::raw(self.table(), vcpu.regs.get(Gpr::Rax), &[]),
+        }
+    }
+
+    /// The result of a call as the ABI names it (`-ENOSYS`, `HV_STATUS_ACCESS_DENIED`,
+    /// `#UD`), from the outcome the engine returned. The default shows RAX in hex.
+    fn trace_result(&self, _vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {
+        describe_outcome(outcome, Gpr::Rax, |v| format!("{v:#x}"))
+    }
+
+    /// The spec's name of one of this personality's synthetic MSRs, for traces.
+    fn msr_name(&self, _msr: u32) -> Option<&'static str> {
+        None
     }
 }

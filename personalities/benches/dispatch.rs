@@ -1,14 +1,33 @@
 //! Dispatch-only cost: decode + policy + handler + encode on a register snapshot, no VM.
-//! Each mode's cheapest real call, and one that touches guest memory.
+//! Each mode's cheapest real call; and the same call traced into a sink that drops the events
+//! (`cheapest_traced`: describing the call and its result, without output) and timed for
+//! statistics (`cheapest_stats`).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use polyvisor_config::Config;
 use polyvisor_core::testing::{memory, snapshot, RecordingPlatform};
-use polyvisor_core::{HypervisorMode, MsrContext, Registers};
+use polyvisor_core::{CallStats, HypervisorMode, MsrContext, Registers, TraceEvent, TraceSink};
 use polyvisor_personalities::{build, HostFacts};
 use strum::IntoEnumIterator;
+
+/// A sink that keeps nothing, or only the statistics.
+struct Drop {
+    stats: Option<CallStats>,
+}
+
+impl TraceSink for Drop {
+    fn timed(&self) -> bool {
+        self.stats.is_some()
+    }
+    fn record(&self, event: TraceEvent) {
+        if let Some(s) = &self.stats {
+            s.add(&event);
+        }
+        black_box(event);
+    }
+}
 
 /// The cheapest real call of each ABI, as registers.
 fn cheapest(mode: HypervisorMode) -> Registers {
@@ -27,11 +46,25 @@ fn cheapest(mode: HypervisorMode) -> Registers {
 fn dispatch(c: &mut Criterion) {
     let mem = memory(16 << 20);
     let platform = RecordingPlatform::quiet(2);
-    for mode in HypervisorMode::iter() {
+    for (mode, sink) in HypervisorMode::iter().flat_map(|m| {
+        [
+            (m, None),
+            (m, Some(Drop { stats: None })),
+            (m, Some(Drop { stats: Some(CallStats::default()) })),
+        ]
+    }) {
         let mut config = Config::default();
         config.hypervisor.mode = mode;
         config.hypervisor.hypercalls_enabled = true;
         let Ok(engine) = build(&config, &HostFacts::nominal()) else { continue };
+        let name = match &sink {
+            None => "cheapest",
+            Some(Drop { stats: None }) => "cheapest_traced",
+            Some(Drop { stats: Some(_) }) => "cheapest_stats",
+        };
+        if let Some(sink) = sink {
+            engine.set_trace_sink(std::sync::Arc::new(sink));
+        }
         if mode == HypervisorMode::Hyperv {
             // A Hyper-V guest may call only after GUEST_OS_ID and the hypercall page are set.
             let ctx = MsrContext { vcpu: 0, memory: &mem, platform: &platform };
@@ -43,7 +76,7 @@ fn dispatch(c: &mut Criterion) {
             !engine.hypercall(&vcpu, &mem, &platform).is_fault(),
             "{mode}: the call must succeed"
         );
-        c.bench_function(&format!("dispatch/{mode}/cheapest"), |b| {
+        c.bench_function(&format!("dispatch/{mode}/{name}"), |b| {
             b.iter(|| engine.hypercall(black_box(&vcpu), &mem, &platform))
         });
     }

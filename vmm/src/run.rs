@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 use polyvisor_config::{BootProtocol, LoadedConfig};
-use polyvisor_core::{Dispatch, RowInfo};
+use polyvisor_core::{Dispatch, RowInfo, StatsRow};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::{self, EntryState, Seg};
@@ -19,6 +19,7 @@ use crate::host::{check_with, Caps, HostReport};
 use crate::kvm as rawkvm;
 use crate::loader::{parse_kernel, ElfClass, KernelImage, LoadError};
 use crate::memory::{GuestMem, Layout, MemoryError};
+use crate::trace::{TraceOptions, VmTrace};
 use crate::trap::write_protect::pages_with_hypercalls;
 use crate::trap::xen_intercept::XEN_CONFIG_MSR;
 use crate::trap::{TrapConfig, TrapStrategy};
@@ -109,6 +110,10 @@ pub enum VmmError {
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// The trace cannot be set up: a filter naming a call the mode does not have, or a trace
+    /// file that cannot be created.
+    #[error("{0}")]
+    Trace(String),
 }
 
 fn setup(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -134,6 +139,10 @@ pub struct RunOptions {
     /// answering every call, as the trap first did ([`TrapConfig::defer_completion`] off).
     /// For measurements only: it costs a `KVM_RUN` per call.
     pub eager_completion: bool,
+    /// Trace every hypercall and synthetic-MSR access (`polyvisor run --trace`).
+    pub trace: Option<TraceOptions>,
+    /// Gather per-call statistics ([`RunReport::call_stats`]): the engine times each call.
+    pub stats: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -145,6 +154,8 @@ impl std::fmt::Debug for RunOptions {
             .field("timeout", &self.timeout)
             .field("exit_timing", &self.exit_timing)
             .field("eager_completion", &self.eager_completion)
+            .field("trace", &self.trace)
+            .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +205,10 @@ pub struct RunReport {
     pub guest_ram_resident: Option<u64>,
     /// Where the vCPUs' time went, with [`RunOptions::exit_timing`].
     pub exit_timing: Option<ExitTimingSnapshot>,
+    /// The trace lines, when [`TraceOutput::Capture`] was asked for.
+    pub trace: Vec<String>,
+    /// Per-call statistics, with [`RunOptions::stats`].
+    pub call_stats: Option<Vec<StatsRow>>,
 }
 
 /// Start-up times, each from the moment [`run()`] was called.
@@ -317,6 +332,7 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         None => polyvisor_personalities::build(cfg, &facts)
             .map_err(|source| VmmError::Personality { mode, source })?,
     };
+    let tracer = install_trace(&*dispatch, &options)?;
 
     // The kernel.
     let (bytes, origin): (std::borrow::Cow<'_, [u8]>, String) =
@@ -507,7 +523,29 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         startup,
         guest_ram_resident: shared.mem.resident_bytes(),
         exit_timing,
+        trace: tracer.as_ref().map(|t| t.finish()).unwrap_or_default(),
+        call_stats: tracer.and_then(|t| t.stats()),
     })
+}
+
+/// Gives the engine a trace sink when tracing or statistics are asked for.
+fn install_trace(
+    dispatch: &dyn Dispatch,
+    options: &RunOptions,
+) -> Result<Option<Arc<VmTrace>>, VmmError> {
+    if options.trace.is_none() && !options.stats {
+        return Ok(None);
+    }
+    let sink =
+        VmTrace::new(options.trace.as_ref(), options.stats, dispatch.mode(), &dispatch.rows())
+            .map_err(VmmError::Trace)?;
+    let sink = Arc::new(sink);
+    if !dispatch.set_trace_sink(sink.clone()) {
+        return Err(VmmError::Trace(
+            "this engine cannot be traced (it has a trace sink already, or does not trace)".into(),
+        ));
+    }
+    Ok(Some(sink))
 }
 
 /// Opens the guest debug channel's files (`[hyperv] debug_output`, `debug_input`) for a

@@ -9,26 +9,15 @@ use std::time::Duration;
 
 use polyvisor_config::{Config, HypervisorMode, LoadedConfig};
 use polyvisor_core::{CallSelector, ExitReason};
-use polyvisor_vmm::trap::probe::CallFate;
 use polyvisor_vmm::{run, HostReport, RunOptions, RunReport, VmEnd};
+
+mod common;
+use common::cpl3_fate as fate;
 
 /// The host check, once for the whole file (the probe VM is not free).
 fn host() -> &'static HostReport {
     static HOST: OnceLock<HostReport> = OnceLock::new();
     HOST.get_or_init(polyvisor_vmm::host_check)
-}
-
-/// What a CPL-3 instruction does on this host, as the guest's `cpl3_*=` words say it: the
-/// probe measured 64-bit guests; a 32-bit CPL-3 VMCALL that the host kernel answers in 64-bit
-/// mode raises #GP instead (measured, tests/guests/README.md "CPL-3 hypercalls on this host").
-fn fate(f: CallFate, bits32: bool, vmcall: bool) -> &'static str {
-    match f {
-        CallFate::TrappedAsMmio | CallFate::TrappedAsXen => "trap",
-        CallFate::AnsweredByHost(_) if bits32 && vmcall => "gp",
-        CallFate::AnsweredByHost(_) => "host",
-        CallFate::InvalidOpcode => "ud",
-        other => panic!("the host probe saw a CPL-3 call {other}"),
-    }
 }
 
 /// The command-line words that tell the guest what CPL-3 calls do here.

@@ -19,13 +19,14 @@ mod probes;
 mod table;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::sync::Arc;
 
 use polyvisor_config::{BhyveLeaf, Config};
 use polyvisor_core::{
-    CallInput, CpuidLeaf, Dispatch, Engine, HypercallRow, HypervisorMode, Outcome, Personality,
-    PolicyError, Refusal, Reply, VcpuSnapshot,
+    CallInput, CallTrace, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap, HypercallRow,
+    HypervisorMode, Outcome, Personality, Platform, PolicyError, Refusal, Reply, VcpuSnapshot,
 };
 
 pub use probe_log::probe_event_json;
@@ -124,5 +125,18 @@ impl Personality for Bhyve {
             fired.iter().map(|(id, name, n)| format!("bhyve probe {id} {name:?}: fired {n} times")),
         );
         lines
+    }
+
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
+        trace::call(vcpu, memory)
+    }
+
+    fn trace_result(&self, vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {
+        trace::result(vcpu, outcome)
     }
 }

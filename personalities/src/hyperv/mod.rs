@@ -13,6 +13,7 @@ pub mod calls;
 pub mod codec;
 pub mod cpuid;
 pub mod msr;
+mod trace;
 
 #[cfg(test)]
 mod codec_props;
@@ -25,9 +26,9 @@ use std::sync::Arc;
 
 use polyvisor_config::{Config, ResetAction};
 use polyvisor_core::{
-    CallInput, CpuMode, CpuidLeaf, Dispatch, Engine, HypercallInstruction, HypercallRow,
-    HypervisorMode, MsrContext, MsrRead, MsrWrite, Outcome, Personality, Refusal, Reply,
-    VcpuSnapshot,
+    CallInput, CallTrace, CpuMode, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap,
+    HypercallInstruction, HypercallRow, HypervisorMode, MsrContext, MsrRead, MsrWrite, Outcome,
+    Personality, Platform, Refusal, Reply, VcpuSnapshot,
 };
 
 use crate::{BuildError, HostFacts};
@@ -156,6 +157,23 @@ impl Personality for HyperV {
 
     fn write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
         self.msr_write(ctx, msr, value)
+    }
+
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
+        trace::call(vcpu, memory)
+    }
+
+    fn trace_result(&self, vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {
+        trace::result(vcpu, outcome)
+    }
+
+    fn msr_name(&self, msr: u32) -> Option<&'static str> {
+        trace::msr_name(msr)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod features;
 pub mod gpa_map;
 mod msr;
 pub mod pvclock;
+mod trace;
 
 #[cfg(test)]
 mod codec_props;
@@ -29,8 +30,9 @@ use std::sync::Arc;
 
 use polyvisor_config::{Config, KvmFeature};
 use polyvisor_core::{
-    CallInput, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap, HypercallRow, HypervisorMode,
-    MsrContext, MsrRead, MsrWrite, Outcome, Personality, Platform, Refusal, Reply, VcpuSnapshot,
+    CallInput, CallTrace, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap, HypercallRow,
+    HypervisorMode, MsrContext, MsrRead, MsrWrite, Outcome, Personality, Platform, Refusal, Reply,
+    VcpuSnapshot,
 };
 
 use crate::{BuildError, HostFacts};
@@ -192,6 +194,23 @@ impl Personality for KvmPersonality {
 
     fn write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
         self.write_kvm_msr(ctx, msr, value)
+    }
+
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        _memory: &GuestMemoryMmap,
+        _platform: &dyn Platform,
+    ) -> CallTrace {
+        trace::call(vcpu)
+    }
+
+    fn trace_result(&self, vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {
+        trace::result(vcpu, outcome)
+    }
+
+    fn msr_name(&self, msr: u32) -> Option<&'static str> {
+        trace::msr_name(msr)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod shared_info;
 pub mod state;
 pub mod table;
 pub mod xenstore;
+mod trace;
 
 #[cfg(test)]
 mod testutil;
@@ -36,8 +37,9 @@ use std::sync::Arc;
 
 use polyvisor_config::{Config, XenConfig};
 use polyvisor_core::{
-    CallInput, CpuidLeaf, Dispatch, Engine, HypercallRow, HypervisorMode, MsrContext, MsrRead,
-    MsrWrite, Outcome, Personality, Platform, Refusal, Reply, VcpuSnapshot,
+    CallInput, CallTrace, CpuidLeaf, Dispatch, Engine, GuestMemoryMmap, HypercallRow,
+    HypervisorMode, MsrContext, MsrRead, MsrWrite, Outcome, Personality, Platform, Refusal, Reply,
+    VcpuSnapshot,
 };
 
 use crate::{BuildError, HostFacts};
@@ -170,6 +172,23 @@ impl Personality for Xen {
             }
             _ => MsrWrite::NotMine,
         }
+    }
+
+    fn trace_call(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        platform: &dyn Platform,
+    ) -> CallTrace {
+        trace::call(vcpu, memory, platform)
+    }
+
+    fn trace_result(&self, vcpu: &VcpuSnapshot, outcome: &Outcome) -> String {
+        trace::result(vcpu, outcome)
+    }
+
+    fn msr_name(&self, msr: u32) -> Option<&'static str> {
+        trace::msr_name(msr)
     }
 }
 

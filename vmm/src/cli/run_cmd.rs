@@ -4,7 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use polyvisor_vmm::{host_check, run, RunOptions, VmmError};
+use polyvisor_vmm::trace::stats_table;
+use polyvisor_vmm::{
+    host_check, run, RunOptions, TraceFormat, TraceOptions, TraceOutput, VmmError,
+};
 
 use super::exit::{fail, Status};
 use super::ConfigArgs;
@@ -36,6 +39,47 @@ pub(crate) struct RunArgs {
     /// Print only the guest's console and errors: no summary at the end.
     #[arg(long, short)]
     quiet: bool,
+    /// Print every hypercall and synthetic-MSR access to standard error, decoded in the
+    /// mode's names (docs/tracing.md). FILTER narrows it: comma-separated call names or
+    /// numbers, `msr`, `vcpu=N`.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    trace: Option<String>,
+    /// Write the trace to FILE instead of standard error (implies --trace).
+    #[arg(long, value_name = "FILE")]
+    trace_file: Option<PathBuf>,
+    /// Trace format: `text` lines or `json` lines (implies --trace).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    trace_format: Option<TraceFormat>,
+    /// Print a table per call when the VM ends: count, errors, refusals, and the engine's
+    /// time (median, p99).
+    #[arg(long)]
+    stats: bool,
+    /// Statistics format: `text` (a table) or `json` (implies --stats).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    stats_format: Option<TraceFormat>,
+}
+
+impl RunArgs {
+    /// The trace the flags ask for.
+    fn trace(&self) -> Option<TraceOptions> {
+        if self.trace.is_none() && self.trace_file.is_none() && self.trace_format.is_none() {
+            return None;
+        }
+        Some(TraceOptions {
+            filter: self.trace.clone().unwrap_or_default(),
+            output: match &self.trace_file {
+                Some(path) => TraceOutput::File(path.clone()),
+                None => TraceOutput::Stderr,
+            },
+            format: self.trace_format.unwrap_or_default(),
+        })
+    }
 }
 
 pub(crate) fn run_vm(args: &RunArgs) -> i32 {
@@ -73,8 +117,12 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
         }
         vm.vcpus = n;
     }
-    let options =
-        RunOptions { timeout: args.timeout.map(Duration::from_secs), ..RunOptions::default() };
+    let options = RunOptions {
+        timeout: args.timeout.map(Duration::from_secs),
+        trace: args.trace(),
+        stats: args.stats || args.stats_format.is_some(),
+        ..RunOptions::default()
+    };
     match run(&loaded, options) {
         Ok(report) => {
             let _ = std::io::stdout().flush();
@@ -97,6 +145,15 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
                     eprintln!("polyvisor: {line}");
                 }
             }
+            if let Some(rows) = &report.call_stats {
+                match args.stats_format.unwrap_or_default() {
+                    TraceFormat::Text => eprint!("{}", stats_table(rows)),
+                    TraceFormat::Json => match serde_json::to_string_pretty(rows) {
+                        Ok(text) => eprintln!("{text}"),
+                        Err(e) => eprintln!("polyvisor: statistics: {e}"),
+                    },
+                }
+            }
             report.exit_status
         }
         Err(e) => {
@@ -107,6 +164,7 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
                 VmmError::KernelRead { .. } | VmmError::Load { .. } | VmmError::Boot { .. } => {
                     Status::BadKernel
                 }
+                VmmError::Trace(_) => Status::Usage,
                 _ => Status::HostFailure,
             };
             fail(status, e).code()

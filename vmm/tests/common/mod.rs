@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use polyvisor_config::{Config, LoadedConfig};
 use polyvisor_vmm::testing::{test_engine, TestPersonality};
+use polyvisor_vmm::trap::probe::CallFate;
 use polyvisor_vmm::{run, RunOptions, RunReport};
 
 /// A config: `vcpus`, 64 MiB, hypercalls enabled, a command line.
@@ -55,4 +56,17 @@ pub fn polyvisor(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// What a CPL-3 instruction does on this host, as the guest's `cpl3_*=` words say it: the
+/// probe measured 64-bit guests; a 32-bit CPL-3 VMCALL that the host kernel answers in 64-bit
+/// mode raises #GP instead (measured, tests/guests/README.md "CPL-3 hypercalls on this host").
+pub fn cpl3_fate(f: CallFate, bits32: bool, vmcall: bool) -> &'static str {
+    match f {
+        CallFate::TrappedAsMmio | CallFate::TrappedAsXen => "trap",
+        CallFate::AnsweredByHost(_) if bits32 && vmcall => "gp",
+        CallFate::AnsweredByHost(_) => "host",
+        CallFate::InvalidOpcode => "ud",
+        other => panic!("the host probe saw a CPL-3 call {other}"),
+    }
 }
