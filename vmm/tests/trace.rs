@@ -423,3 +423,35 @@ fn cli_trace_and_stats() {
     assert!(stderr.contains("\"KVM_HC_NOPE\" is not a kvm hypercall"), "{stderr}");
     assert!(stderr.contains("KVM_HC_SEND_IPI"), "{stderr}");
 }
+
+/// Xen's event channels and timer in a trace: the PV-platform guest's sub-ops are named and
+/// their structures read. Not a golden file: how often the guest polls while it waits for a
+/// timer or the host's input depends on timing.
+#[test]
+fn xen_event_channels_are_decoded() {
+    let case = Case {
+        mode: "xen",
+        image: "xen_pv_pvh64",
+        scenario: "event channels, VIRQ_TIMER, XenStore and console rings",
+        hypervisor: "hypercalls_enabled = true",
+        cmdline: String::new(),
+        min_ok: 60,
+    };
+    let t = run_case(&case, TraceFormat::Text, "event_channel_op,set_timer_op,vcpu_op");
+    assert_guest_passed(&case, &t.report);
+    let has = |s: &str| t.lines.iter().any(|l| l.contains(s));
+    for want in [
+        "event_channel_op(EVTCHNOP_bind_virq, virq=VIRQ_TIMER, vcpu=0) -> 0",
+        "event_channel_op(EVTCHNOP_alloc_unbound, dom=DOMID_SELF, remote_dom=",
+        "event_channel_op(EVTCHNOP_send, port=",
+        "event_channel_op(EVTCHNOP_unmask, port=",
+        "event_channel_op(EVTCHNOP_close, port=",
+        "set_timer_op(timeout=",
+    ] {
+        assert!(has(want), "no line with {want:?}:\n{}", t.lines.join("\n"));
+    }
+    // The filter kept only the named calls.
+    assert!(t.lines.iter().all(|l| {
+        ["event_channel_op(", "set_timer_op(", "vcpu_op("].iter().any(|c| l.contains(c))
+    }));
+}

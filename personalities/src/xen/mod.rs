@@ -27,8 +27,8 @@ pub mod ring;
 pub mod shared_info;
 pub mod state;
 pub mod table;
-pub mod xenstore;
 mod trace;
+pub mod xenstore;
 
 #[cfg(test)]
 mod testutil;

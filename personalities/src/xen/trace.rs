@@ -1,6 +1,6 @@
 //! Xen's calls in a trace: the call named as `xen.h` names it without `__HYPERVISOR_`, its
 //! sub-op by the public headers' constant (`SCHEDOP_*`, `XENVER_*`, `CONSOLEIO_*`,
-//! `HVMOP_*`, `XENMEM_*`, `VCPUOP_*`), the fields of the structure it points at where the
+//! `HVMOP_*`, `XENMEM_*`, `VCPUOP_*`, `EVTCHNOP_*`), the fields of the structure it points at where the
 //! trace shows them, and results as negated `errno.h` names. A sub-op without a name here is
 //! shown by number.
 
@@ -8,12 +8,14 @@ use polyvisor_core::trace::{describe_outcome, negated_errno, num, row_name, sign
 use polyvisor_core::{Call, CallTrace, Gpr, GuestMemoryMmap, Outcome, Platform, VcpuSnapshot};
 
 use super::abi::console::*;
+use super::abi::evtchn::*;
 use super::abi::hvm::*;
 use super::abi::memory::*;
 use super::abi::params::*;
 use super::abi::sched::*;
 use super::abi::vcpu::*;
 use super::abi::version::*;
+use super::abi::virq::*;
 use super::abi::{errno, nr, DOMID_SELF};
 use super::codec::{self, Width};
 use super::guest::Guest;
@@ -140,6 +142,33 @@ const VCPUOP: &[(u64, &str)] = &[
     (VCPUOP_set_singleshot_timer as u64, "VCPUOP_set_singleshot_timer"),
     (VCPUOP_stop_singleshot_timer as u64, "VCPUOP_stop_singleshot_timer"),
     (VCPUOP_register_vcpu_info as u64, "VCPUOP_register_vcpu_info"),
+];
+
+const EVTCHNOP: &[(u64, &str)] = &[
+    (EVTCHNOP_bind_interdomain as u64, "EVTCHNOP_bind_interdomain"),
+    (EVTCHNOP_bind_virq as u64, "EVTCHNOP_bind_virq"),
+    (EVTCHNOP_bind_pirq as u64, "EVTCHNOP_bind_pirq"),
+    (EVTCHNOP_close as u64, "EVTCHNOP_close"),
+    (EVTCHNOP_send as u64, "EVTCHNOP_send"),
+    (EVTCHNOP_status as u64, "EVTCHNOP_status"),
+    (EVTCHNOP_alloc_unbound as u64, "EVTCHNOP_alloc_unbound"),
+    (EVTCHNOP_bind_ipi as u64, "EVTCHNOP_bind_ipi"),
+    (EVTCHNOP_bind_vcpu as u64, "EVTCHNOP_bind_vcpu"),
+    (EVTCHNOP_unmask as u64, "EVTCHNOP_unmask"),
+    (EVTCHNOP_reset as u64, "EVTCHNOP_reset"),
+    (EVTCHNOP_init_control as u64, "EVTCHNOP_init_control"),
+    (EVTCHNOP_expand_array as u64, "EVTCHNOP_expand_array"),
+    (EVTCHNOP_set_priority as u64, "EVTCHNOP_set_priority"),
+    (EVTCHNOP_reset_cont as u64, "EVTCHNOP_reset_cont"),
+];
+
+const VIRQ: &[(u64, &str)] = &[
+    (VIRQ_TIMER as u64, "VIRQ_TIMER"),
+    (VIRQ_DEBUG as u64, "VIRQ_DEBUG"),
+    (VIRQ_CONSOLE as u64, "VIRQ_CONSOLE"),
+    (VIRQ_DOM_EXC as u64, "VIRQ_DOM_EXC"),
+    (VIRQ_XENOPROF as u64, "VIRQ_XENOPROF"),
+    (VIRQ_XENPMU as u64, "VIRQ_XENPMU"),
 ];
 
 /// The constant's name, or the number.
@@ -289,6 +318,14 @@ pub(super) fn call(
             }
         }
         nr::vcpu_op => c.item(name_of(a0, VCPUOP)).num("vcpu", a1).hex("arg", a2),
+        nr::set_timer_op => match super::calls::timer::timeout(vcpu, &input.args) {
+            0 => c.item("stop"),
+            t => c.num("timeout", t),
+        },
+        nr::event_channel_op => {
+            let c = c.item(name_of(a0, EVTCHNOP));
+            fields(c, a1, event_channel_fields(a0, &at(a1)))
+        }
         // Sub-ops are shown by number: each names a `*_op` command first.
         _ if row.is_some_and(|r| r.ends_with("_op")) => c.num("cmd", a0).hex("arg", a1),
         n => {
@@ -296,6 +333,35 @@ pub(super) fn call(
             CallTrace { name: name.to_string(), ..raw }
         }
     }
+}
+
+/// The input fields of an `event_channel_op` sub-op's structure
+/// (`xen/include/public/event_channel.h`); output fields are left out.
+fn event_channel_fields(cmd: u64, g: &At<'_, '_>) -> Option<Vec<(&'static str, String)>> {
+    let port = |offset| g.u32(offset).map(|p| p.to_string());
+    Some(match u32::try_from(cmd).ok()? {
+        // struct evtchn_alloc_unbound { domid_t dom, remote_dom; evtchn_port_t port; }
+        EVTCHNOP_alloc_unbound => {
+            vec![("dom", domid(g.u16(0)?)), ("remote_dom", domid(g.u16(2)?))]
+        }
+        // struct evtchn_bind_interdomain { domid_t remote_dom; evtchn_port_t remote_port, local_port; }
+        EVTCHNOP_bind_interdomain => {
+            vec![("remote_dom", domid(g.u16(0)?)), ("remote_port", port(4)?)]
+        }
+        // struct evtchn_bind_virq { uint32_t virq, vcpu; evtchn_port_t port; }
+        EVTCHNOP_bind_virq => {
+            vec![("virq", name_of(g.u32(0)?, VIRQ)), ("vcpu", g.u32(4)?.to_string())]
+        }
+        // struct evtchn_bind_ipi { uint32_t vcpu; evtchn_port_t port; }
+        EVTCHNOP_bind_ipi => vec![("vcpu", g.u32(0)?.to_string())],
+        // struct evtchn_bind_vcpu { evtchn_port_t port; uint32_t vcpu; }
+        EVTCHNOP_bind_vcpu => vec![("port", port(0)?), ("vcpu", g.u32(4)?.to_string())],
+        // struct evtchn_status { domid_t dom; evtchn_port_t port; ... }
+        EVTCHNOP_status => vec![("dom", domid(g.u16(0)?)), ("port", port(4)?)],
+        // evtchn_close, evtchn_send and evtchn_unmask hold just the port.
+        EVTCHNOP_close | EVTCHNOP_send | EVTCHNOP_unmask => vec![("port", port(0)?)],
+        _ => return None,
+    })
 }
 
 /// RAX as the caller's `long`: `-ENOSYS`, or the value.
@@ -354,11 +420,45 @@ mod tests {
         assert_eq!(call64(nr::vcpu_op, 3, 1, 0, &mem), "vcpu_op(VCPUOP_is_up, vcpu=1, arg=0x0)");
         assert_eq!(
             call64(nr::event_channel_op, 99, 0x10, 0, &mem),
-            "event_channel_op(cmd=99, arg=0x10)"
+            "event_channel_op(99, arg=0x10)"
         );
         assert_eq!(call64(nr::sched_op, 42, 7, 0, &mem), "sched_op(42, arg=0x7)");
         assert_eq!(call64(nr::multicall, 1, 0, 0, &mem), "multicall(a0=0x1)");
         assert_eq!(call64(1000, 0, 0, 0, &mem), "unknown()");
+    }
+
+    #[test]
+    fn event_channel_sub_ops_show_their_input_fields() {
+        let mem = memory(0x3000);
+        // struct evtchn_bind_virq { virq = VIRQ_TIMER, vcpu = 1 }
+        mem.write_obj(VIRQ_TIMER, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(1u32, GuestAddress(0x1004)).unwrap();
+        assert_eq!(
+            call64(nr::event_channel_op, EVTCHNOP_bind_virq.into(), 0x1000, 0, &mem),
+            "event_channel_op(EVTCHNOP_bind_virq, virq=VIRQ_TIMER, vcpu=1)"
+        );
+        // struct evtchn_alloc_unbound { dom = DOMID_SELF, remote_dom = 0 }
+        mem.write_obj(DOMID_SELF, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0u16, GuestAddress(0x1002)).unwrap();
+        assert_eq!(
+            call64(nr::event_channel_op, EVTCHNOP_alloc_unbound.into(), 0x1000, 0, &mem),
+            "event_channel_op(EVTCHNOP_alloc_unbound, dom=DOMID_SELF, remote_dom=0)"
+        );
+        mem.write_obj(7u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            call64(nr::event_channel_op, EVTCHNOP_send.into(), 0x1000, 0, &mem),
+            "event_channel_op(EVTCHNOP_send, port=7)"
+        );
+        // A structure the trace cannot read shows the pointer.
+        assert_eq!(
+            call64(nr::event_channel_op, EVTCHNOP_send.into(), 0xf000_0000, 0, &mem),
+            "event_channel_op(EVTCHNOP_send, arg=0xf0000000)"
+        );
+        assert_eq!(call64(nr::set_timer_op, 0, 0, 0, &mem), "set_timer_op(stop)");
+        assert_eq!(
+            call64(nr::set_timer_op, 5_000_000, 0, 0, &mem),
+            "set_timer_op(timeout=0x4c4b40)"
+        );
     }
 
     #[test]

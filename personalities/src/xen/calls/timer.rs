@@ -4,7 +4,7 @@
 //! already past fires at once). 32-bit callers pass the time in two halves (EBX low, ECX
 //! high). Returns 0.
 
-use polyvisor_core::{Call, Reply};
+use polyvisor_core::{Call, Reply, VcpuSnapshot};
 
 use super::ok;
 use crate::xen::codec::Width;
@@ -13,10 +13,7 @@ use crate::xen::Xen;
 
 /// The `__HYPERVISOR_set_timer_op` handler.
 pub fn set_timer_op(xen: &Xen, call: &mut Call<'_>) -> Reply {
-    let timeout = match Width::of(call.vcpu) {
-        Width::W64 => call.arg(0),
-        Width::W32 => (call.arg(0) & 0xffff_ffff) | (call.arg(1) << 32),
-    };
+    let timeout = timeout(call.vcpu, &call.input.args);
     let vcpu = call.vcpu.vcpu;
     if timeout == 0 {
         pv::stop_singleshot(&xen.state, call.platform, vcpu);
@@ -24,4 +21,13 @@ pub fn set_timer_op(xen: &Xen, call: &mut Call<'_>) -> Reply {
         pv::arm_singleshot(&xen.state, call.memory, call.platform, vcpu, timeout);
     }
     ok(0)
+}
+
+/// The absolute timeout a `set_timer_op` caller passes: one register, or two 32-bit halves.
+pub(crate) fn timeout(vcpu: &VcpuSnapshot, args: &[u64]) -> u64 {
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    match Width::of(vcpu) {
+        Width::W64 => arg(0),
+        Width::W32 => (arg(0) & 0xffff_ffff) | (arg(1) << 32),
+    }
 }
