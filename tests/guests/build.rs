@@ -106,6 +106,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "xen_abi_pvh32", flavour: Flavour::Pvh32, sources: &["guests/xen_abi.c"] },
     Guest { name: "xen_abi64", flavour: Flavour::Elf64, sources: &["guests/xen_abi.c"] },
     Guest { name: "bench64", flavour: Flavour::Elf64, sources: &["guests/bench.c"] },
+    Guest { name: "misbehave64", flavour: Flavour::Elf64, sources: &["guests/misbehave.c"] },
 ];
 
 /// Runtime C files linked into every guest.
