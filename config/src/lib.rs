@@ -3,8 +3,11 @@
 //! Every error names the file, line and column of the offending value and, for choices, the
 //! valid ones. Unknown keys are errors. Nothing starts on a bad config.
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
 
 mod bhyve;
 mod error;
@@ -191,6 +194,10 @@ pub struct VmConfig {
     /// Seconds the VM may run before it is stopped (0: no limit).
     #[serde(default, deserialize_with = "range::timeout")]
     pub timeout_secs: u32,
+    /// Guest console output passed on, in KiB (0: no limit); past it the output is dropped,
+    /// with a note, so a guest flooding its console cannot fill the host's disk or terminal.
+    #[serde(default = "default_console_limit", deserialize_with = "range::console_limit")]
+    pub console_limit_kib: u32,
 }
 
 fn default_memory() -> u32 {
@@ -198,6 +205,9 @@ fn default_memory() -> u32 {
 }
 fn default_vcpus() -> u32 {
     1
+}
+fn default_console_limit() -> u32 {
+    16 * 1024
 }
 
 impl Default for VmConfig {
@@ -211,6 +221,7 @@ impl Default for VmConfig {
             console: None,
             console_input: None,
             timeout_secs: 0,
+            console_limit_kib: default_console_limit(),
         }
     }
 }

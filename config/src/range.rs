@@ -34,6 +34,11 @@ pub(crate) fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> 
     bounded(d, "timeout_secs", 0, 86400, " seconds")
 }
 
+/// The console output limit: up to 4 GiB, in KiB.
+pub(crate) fn console_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    bounded(d, "console_limit_kib", 0, 4 * 1024 * 1024, " KiB")
+}
+
 /// The largest command line accepted, in bytes (Linux's x86 COMMAND_LINE_SIZE).
 pub const MAX_CMDLINE: usize = 2048;
 

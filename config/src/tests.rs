@@ -26,6 +26,14 @@ const BAD: &[(&str, &str, usize, usize, &[&str])] = &[
     ("memory too small", "[vm]\nmemory_mib = 1\n", 2, 14, &["memory_mib", "between 2 and 65536"]),
     ("negative vcpus", "[vm]\nvcpus = -2\n", 2, 9, &["vcpus", "between 1 and 64"]),
     ("too many vcpus", "[vm]\nvcpus = 1000\n", 2, 9, &["between 1 and 64", "1000"]),
+    (
+        "console limit too large",
+        "[vm]\nconsole_limit_kib = 5000000\n",
+        2,
+        21,
+        &["console_limit_kib", "between 0 and 4194304 KiB"],
+    ),
+    ("negative console limit", "[vm]\nconsole_limit_kib = -1\n", 2, 21, &["console_limit_kib"]),
     ("bad boot", "[vm]\nboot = \"bios\"\n", 2, 8, &["bios", "auto", "elf64", "pvh"]),
     ("bad trap", "[host]\ntrap = \"magic\"\n", 2, 8, &["magic", "write-protect", "xen-intercept"]),
     (

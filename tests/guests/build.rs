@@ -129,6 +129,7 @@ const GUESTS: &[Guest] = &[
     },
     Guest { name: "matrix_xen64", flavour: Flavour::Elf64, sources: &["guests/matrix_xen.c"] },
     Guest { name: "matrix_xen_pvh32", flavour: Flavour::Pvh32, sources: &["guests/matrix_xen.c"] },
+    Guest { name: "misbehave64", flavour: Flavour::Elf64, sources: &["guests/misbehave.c"] },
 ];
 
 /// Runtime C files linked into every guest.

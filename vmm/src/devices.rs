@@ -28,42 +28,35 @@ pub enum ConsoleSink {
 }
 
 /// The VM console: per-vCPU line buffers (so lines of different vCPUs do not interleave
-/// mid-line) in front of one sink.
+/// mid-line) in front of one sink, and a limit on the guest bytes passed on.
 #[derive(Debug)]
 pub struct Console {
-    sink: Mutex<ConsoleSink>,
+    out: Mutex<Output>,
     lines: Box<[Mutex<Vec<u8>>]>,
     input: crate::console_input::ConsoleInput,
+    /// Guest bytes passed on at most (0: no limit).
+    limit: u64,
 }
 
-impl Console {
-    /// A console for `vcpus` vCPUs writing to `sink`.
-    pub fn new(sink: ConsoleSink, vcpus: u32) -> Self {
-        Console {
-            sink: Mutex::new(sink),
-            lines: (0..vcpus.max(1)).map(|_| Mutex::new(Vec::with_capacity(LINE_MAX))).collect(),
-            input: crate::console_input::ConsoleInput::default(),
-        }
-    }
+/// The sink and what went into it.
+#[derive(Debug)]
+struct Output {
+    sink: ConsoleSink,
+    /// Guest bytes passed on.
+    passed: u64,
+    /// Guest bytes dropped past the limit.
+    dropped: u64,
+    /// Whether the last byte written ended a line.
+    at_line_start: bool,
+}
 
-    /// The same console with host input for the guest.
-    pub fn with_input(self, input: crate::console_input::ConsoleInput) -> Self {
-        Console { input, ..self }
-    }
-
-    /// Moves waiting host input into `buf`; returns how many bytes (0 when none wait).
-    pub fn read(&self, buf: &mut [u8]) -> usize {
-        self.input.read(buf)
-    }
-
-    fn emit(&self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        let Ok(mut sink) = self.sink.lock() else {
+impl Output {
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(&last) = bytes.last() else {
             return;
         };
-        match &mut *sink {
+        self.at_line_start = last == b'\n';
+        match &mut self.sink {
             ConsoleSink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes);
@@ -73,6 +66,68 @@ impl Console {
                 let _ = f.write_all(bytes);
             }
             ConsoleSink::Capture(v) => v.extend_from_slice(bytes),
+        }
+    }
+}
+
+impl Console {
+    /// A console for `vcpus` vCPUs writing to `sink`, with no limit.
+    pub fn new(sink: ConsoleSink, vcpus: u32) -> Self {
+        Console {
+            out: Mutex::new(Output { sink, passed: 0, dropped: 0, at_line_start: true }),
+            lines: (0..vcpus.max(1)).map(|_| Mutex::new(Vec::with_capacity(LINE_MAX))).collect(),
+            input: crate::console_input::ConsoleInput::default(),
+            limit: 0,
+        }
+    }
+
+    /// The same console with host input for the guest.
+    pub fn with_input(self, input: crate::console_input::ConsoleInput) -> Self {
+        Console { input, ..self }
+    }
+
+    /// The same console passing on at most `bytes` of guest output (`[vm] console_limit_kib`;
+    /// 0: no limit). The rest is dropped after one note saying so.
+    pub fn with_limit(self, bytes: u64) -> Self {
+        Console { limit: bytes, ..self }
+    }
+
+    /// Guest bytes dropped past the limit so far.
+    pub fn dropped(&self) -> u64 {
+        self.out.lock().map(|o| o.dropped).unwrap_or(0)
+    }
+
+    /// Moves waiting host input into `buf`; returns how many bytes (0 when none wait).
+    pub fn read(&self, buf: &mut [u8]) -> usize {
+        self.input.read(buf)
+    }
+
+    /// Guest bytes to the sink, as far as the limit lets them.
+    fn emit(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let Ok(mut out) = self.out.lock() else {
+            return;
+        };
+        let room = match self.limit {
+            0 => bytes.len(),
+            limit => usize::try_from(limit.saturating_sub(out.passed)).unwrap_or(usize::MAX),
+        };
+        let (keep, drop) = bytes.split_at(room.min(bytes.len()));
+        out.write(keep);
+        out.passed += keep.len() as u64;
+        if !drop.is_empty() {
+            if out.dropped == 0 {
+                let note = format!(
+                    "{}[polyvisor: the guest's console output reached the limit of {} KiB \
+                     ([vm] console_limit_kib); the rest is dropped]\n",
+                    if out.at_line_start { "" } else { "\n" },
+                    self.limit / 1024
+                );
+                out.write(note.as_bytes());
+            }
+            out.dropped += drop.len() as u64;
         }
     }
 
@@ -107,17 +162,20 @@ impl Console {
         }
     }
 
-    /// A line from the VMM itself (messages about the VM's end), after the guest's output.
+    /// A line from the VMM itself (messages about the VM's end), after the guest's output;
+    /// not counted against the limit.
     pub fn vmm_line(&self, text: &str) {
         self.flush(None);
-        self.emit(text.as_bytes());
+        if let Ok(mut out) = self.out.lock() {
+            out.write(text.as_bytes());
+        }
     }
 
     /// The captured output, if capturing.
     pub fn take_capture(&self) -> Option<Vec<u8>> {
         self.flush(None);
-        let mut sink = self.sink.lock().ok()?;
-        match &mut *sink {
+        let mut out = self.out.lock().ok()?;
+        match &mut out.sink {
             ConsoleSink::Capture(v) => Some(std::mem::take(v)),
             _ => None,
         }
@@ -297,6 +355,20 @@ mod tests {
         c.write(1, b"other\n");
         c.write(0, b"lo\n");
         assert_eq!(c.take_capture().unwrap(), b"other\nhello\n");
+    }
+
+    #[test]
+    fn console_output_stops_at_the_limit_with_one_note() {
+        let c = Console::new(ConsoleSink::Capture(Vec::new()), 1).with_limit(2048);
+        for _ in 0..100 {
+            c.write(0, &[b'x'; 100]);
+        }
+        c.vmm_line("the end\n");
+        let out = String::from_utf8(c.take_capture().unwrap()).unwrap();
+        assert_eq!(out.matches('x').count(), 2048, "{out}");
+        assert_eq!(out.matches("limit of 2 KiB").count(), 1, "{out}");
+        assert!(out.ends_with("dropped]\nthe end\n"), "{out}");
+        assert_eq!(c.dropped(), 100 * 100 - 2048);
     }
 
     #[test]

@@ -425,7 +425,9 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
         layout,
         vcpus: cfg.vm.vcpus,
         dispatch: dispatch.clone(),
-        console: Console::new(sink, cfg.vm.vcpus).with_input(input),
+        console: Console::new(sink, cfg.vm.vcpus)
+            .with_input(input)
+            .with_limit(u64::from(cfg.vm.console_limit_kib) * 1024),
         trap: TrapConfig {
             strategy,
             instruction: cfg.host.instruction,
@@ -488,6 +490,14 @@ pub fn run(config: &LoadedConfig, options: RunOptions) -> Result<RunReport, VmmE
     if let Some(d) = end.dump() {
         message.push('\n');
         message.push_str(d);
+    }
+    let dropped = shared.console.dropped();
+    if dropped > 0 {
+        message.push_str(&format!(
+            "\nthe console dropped {dropped} bytes of guest output past [vm] console_limit_kib \
+             = {}",
+            cfg.vm.console_limit_kib
+        ));
     }
     let mut stats = StatsSnapshot::default();
     for v in shared.vcpus.iter() {

@@ -196,7 +196,15 @@ struct VmRun {
     cpu: CpuShare,
 }
 
-fn vm_config(mode: HypervisorMode, vcpus: u32, cmdline: String, host: &HostReport) -> LoadedConfig {
+/// The configuration `bench64` runs under in `mode`: hypercalls on, `vcpus`, `cmdline`, and
+/// for Hyper-V the remote-flush recommendation its memory call needs. Also used by the soak
+/// test and the fuzz seed recorder.
+pub fn vm_config(
+    mode: HypervisorMode,
+    vcpus: u32,
+    cmdline: String,
+    host: &HostReport,
+) -> LoadedConfig {
     let mut c = Config::default();
     c.hypervisor.mode = mode;
     c.hypervisor.hypercalls_enabled = true;
