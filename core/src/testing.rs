@@ -477,3 +477,51 @@ pub fn snapshot(regs: Registers) -> VcpuSnapshot {
         instruction: HypercallInstruction::Vmcall,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_answers_as_before_the_hooks() {
+        let p = RecordingPlatform::new(2);
+        p.set_now(1_234);
+        assert_eq!(p.guest_tsc(), 1_234, "a 1 GHz TSC from zero");
+        assert_eq!(p.wall_clock(), (1_700_000_000, 0));
+        assert_eq!(p.halt_until(0, 5), Err(PlatformError::Unsupported("halt_until")));
+        assert_eq!(
+            p.translate_gva(0, 0x1000, false),
+            Err(PlatformError::Unsupported("translate_gva"))
+        );
+        assert_eq!(p.memory_map(), None);
+        assert_eq!((p.vcpu_by_apic_id(1), p.vcpu_by_apic_id(2)), (Some(1), None));
+        assert_eq!(p.flush_guest_tlb(1), Ok(()));
+        assert_eq!(p.interrupt(1, 0x20), Ok(()));
+        assert_eq!(p.take(), vec![Effect::FlushTlb(1), Effect::Interrupt(1, 0x20)]);
+    }
+
+    #[test]
+    fn hooks_change_only_what_they_name() {
+        let p = RecordingPlatform::new(4)
+            .at(2_000_000_000)
+            .with_tsc_khz(2_500_000)
+            .running_wall_clock()
+            .logging_halts()
+            .with_apic_ids(vec![0, 10, 20, 30])
+            .failing_interrupts(2, PlatformError::Failed("off".into()))
+            .bare();
+        p.tsc_base.store(7, Ordering::Relaxed);
+        assert_eq!(p.guest_tsc(), 5_000_000_007);
+        p.tsc_script.lock().unwrap().push_back(3);
+        assert_eq!((p.guest_tsc(), p.guest_tsc()), (3, 5_000_000_007));
+        assert_eq!(p.wall_clock(), (1_700_000_002, 0));
+        assert_eq!(p.halt_until(1, 9), Ok(()));
+        assert_eq!(p.halts(), vec![(1, 9)]);
+        assert_eq!((p.vcpu_by_apic_id(20), p.vcpu_by_apic_id(2)), (Some(2), None));
+        assert_eq!(p.interrupt(2, 0x20), Err(PlatformError::Failed("off".into())));
+        assert_eq!(p.interrupt(3, 0x20), Ok(()));
+        assert!(matches!(p.flush_guest_tlb(0), Err(PlatformError::Unsupported(_))));
+        assert!(matches!(p.set_timer(0, None), Err(PlatformError::Unsupported(_))));
+        assert_eq!(p.take(), vec![Effect::Interrupt(3, 0x20)]);
+    }
+}
