@@ -5,8 +5,8 @@
 //! describes: hypercalls enabled, disabled, some calls denied, an explicit feature list, and a
 //! host without a stable TSC.
 //!
-//! Each guest checks every expectation itself (`<name>: [ok] ...` / `<name>: [FAIL] ...`, then
-//! `N passed, M failed`); a test passes when the guest exits 0, printed no `FAIL`, printed at
+//! Each guest checks every expectation itself (`<name>: ok   ...` / `<name>: FAIL ...`, then
+//! `N ok, M failed`); a test passes when the guest exits 0, printed no `FAIL`, printed at
 //! least a minimum number of `ok` lines, and the host-side facts agree (the engine's counters,
 //! its end-of-run report of the `KVM_HC_MAP_GPA_RANGE` map, its attribute queries, the VMM's
 //! exit counters).
@@ -113,12 +113,12 @@ fn run_kvm(image: &str, setup: &Setup<'_>, cmdline: &str, host: &HostReport) -> 
 fn assert_guest_passed(r: &Run, image: &str, min_ok: usize) -> usize {
     assert_eq!(r.report.end, VmEnd::ExitPort(0), "{image}: {}", r.show());
     assert_eq!(r.report.exit_status, 0);
-    let fails: Vec<&str> = r.console.lines().filter(|l| l.contains("[FAIL]")).collect();
+    let fails: Vec<&str> = r.console.lines().filter(|l| l.contains(": FAIL ")).collect();
     assert!(fails.is_empty(), "{image}: {fails:#?}\n{}", r.show());
-    let ok = r.console.lines().filter(|l| l.starts_with(&format!("{image}: [ok] "))).count();
+    let ok = r.console.lines().filter(|l| l.starts_with(&format!("{image}: ok   "))).count();
     assert!(ok >= min_ok, "{image}: only {ok} ok lines, want at least {min_ok}\n{}", r.show());
     assert!(
-        r.console.contains(&format!("{image}: {ok} passed, 0 failed")),
+        r.console.contains(&format!("{image}: {ok} ok, 0 failed")),
         "{image}: the guest's own count differs from {ok} ok lines\n{}",
         r.show()
     );
@@ -279,7 +279,7 @@ fn abi_enabled_32bit_callers_and_a_full_map() {
     assert_guest_passed(&r, image, 124);
     assert_cpl3(&r, image, false);
     assert_gpa_map(&r, image, 4);
-    let full = "kvm_abi_pvh32: [ok] MAP_GPA_RANGE a new range when the map is full";
+    let full = "kvm_abi_pvh32: ok   MAP_GPA_RANGE a new range when the map is full";
     assert!(r.console.contains(full), "{}", r.show());
 }
 

@@ -3,7 +3,7 @@
 //! booted ELF64 direct and PVH (64-bit and 32-bit), calling through the hypercall page, raw
 //! VMCALL and raw VMMCALL. The guests check each answer themselves and print one line per
 //! check; these tests assert the guest's verdict (exit status 0, no `FAIL`, at least the
-//! expected number of `[ok]` lines) and what the VMM saw (row counters, refusals, interrupts,
+//! expected number of `ok` lines) and what the VMM saw (row counters, refusals, interrupts,
 //! the console, how the VM ended).
 
 use std::sync::OnceLock;
@@ -131,7 +131,7 @@ fn assert_checks(r: &RunReport, min_ok: usize) -> usize {
     let failed: Vec<&str> =
         text.lines().filter(|l| l.contains("FAIL") || l.contains("PANIC")).collect();
     assert!(failed.is_empty(), "failed checks: {failed:#?}\n{}", show(r));
-    let ok = text.lines().filter(|l| l.contains("[ok]")).count();
+    let ok = text.lines().filter(|l| l.contains(": ok   ")).count();
     assert!(ok >= min_ok, "only {ok} checks passed, want at least {min_ok}\n{}", show(r));
     ok
 }
@@ -242,8 +242,8 @@ fn console_input_reaches_the_guest() {
     let r = run_with_input("xen_abi_pvh64", "pvh", "host-says-hello", &cmdline);
     assert_passed(&r, 240);
     let console = r.console_text();
-    assert!(console.contains("[ok] CONSOLEIO_read returns the host's input"), "{}", show(&r));
-    assert!(console.contains("[ok] CONSOLEIO_read wrote exactly the host's bytes"), "{}", show(&r));
+    assert!(console.contains("ok   CONSOLEIO_read returns the host's input"), "{}", show(&r));
+    assert!(console.contains("ok   CONSOLEIO_read wrote exactly the host's bytes"), "{}", show(&r));
 }
 
 #[test]
@@ -428,7 +428,7 @@ fn pv_platform(image: &str, boot: &str) {
         show(&r)
     );
     assert!(text.contains(&format!("{image}: the console ring still works\n")), "{}", show(&r));
-    assert!(text.contains("[ok] host input arrived in the console ring: \"typed-on-the-host\""));
+    assert!(text.contains("ok   host input arrived in the console ring: \"typed-on-the-host\""));
     assert!(text.contains("XENSTORE_ERROR_RINGIDX") && text.contains("XENSTORE_ERROR_PROTO"));
     let evtchn = row(&r, EVENT_CHANNEL_OP);
     assert!(evtchn.calls >= 40 && evtchn.denied == 0, "{evtchn:?}\n{}", show(&r));

@@ -1,13 +1,11 @@
 //! Engine-level tests: register snapshots in, outcomes and effects out, through the same
 //! `Engine` and `Dispatch` the VMM drives.
 
-use std::sync::Mutex;
-
 use polyvisor_config::{BhyveLeaf, Config, Selector};
-use polyvisor_core::testing::{memory, snapshot, Effect, RecordingPlatform};
+use polyvisor_core::testing::{memory, snapshot, Effect, RecordedProbe, RecordingPlatform};
 use polyvisor_core::{
     CallSelector, CpuMode, Dispatch, Engine, Exception, Gpr, GuestMemoryMmap, HypercallInstruction,
-    Next, Outcome, Platform, PlatformError, ProbeEvent, Registers, VcpuSnapshot,
+    Next, Outcome, Registers, VcpuSnapshot,
 };
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
@@ -421,72 +419,6 @@ fn the_4097th_probe_is_refused() {
 
 // ---------------------------------------------------------------- PROBE
 
-/// A probe event as owned data: id, name, args, thread, vCPU, timestamp.
-type Recorded = (u64, String, [u64; 5], u64, u32, u64);
-
-/// A platform that keeps whole probe events, timestamps included.
-struct Clocked {
-    inner: RecordingPlatform,
-    events: Mutex<Vec<Recorded>>,
-}
-
-impl Clocked {
-    fn new(now_ns: u64) -> Self {
-        let inner = RecordingPlatform::new(4);
-        inner.now_ns.store(now_ns, std::sync::atomic::Ordering::Relaxed);
-        Clocked { inner, events: Mutex::new(Vec::new()) }
-    }
-}
-
-impl Platform for Clocked {
-    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
-        self.inner.console_write(vcpu, bytes)
-    }
-    fn console_read(&self, buf: &mut [u8]) -> usize {
-        self.inner.console_read(buf)
-    }
-    fn vcpu_count(&self) -> u32 {
-        self.inner.vcpu_count()
-    }
-    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
-        self.inner.yield_now(vcpu, target)
-    }
-    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
-        self.inner.wake(target)
-    }
-    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
-        self.inner.interrupt(target, vector)
-    }
-    fn monotonic_ns(&self) -> u64 {
-        self.inner.monotonic_ns()
-    }
-    fn wall_clock(&self) -> (i64, u32) {
-        self.inner.wall_clock()
-    }
-    fn guest_tsc(&self) -> u64 {
-        self.inner.guest_tsc()
-    }
-    fn tsc_khz(&self) -> Option<u64> {
-        self.inner.tsc_khz()
-    }
-    fn probe_fired(&self, e: &ProbeEvent<'_>) {
-        self.events.lock().unwrap().push((
-            e.probe_id,
-            e.name.to_string(),
-            e.args,
-            e.thread,
-            e.vcpu,
-            e.timestamp_ns,
-        ));
-    }
-    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.inner.map_overlay(slot, placement)
-    }
-    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
-        self.inner.protect_code(gpa, len)
-    }
-}
-
 #[test]
 fn probe_reads_its_args_through_the_pointer_and_records_the_event() {
     let e = enabled();
@@ -495,21 +427,26 @@ fn probe_reads_its_args_through_the_pointer_and_records_the_event() {
     assert_eq!(create(&e, &mem, "syscall::read:return"), created(2));
     put_args(&mem, ARGS_AT, [10, 20, 30, 0xffff_ffff_ffff_fff0, 50]);
 
-    let platform = Clocked::new(1_000);
+    let platform = RecordingPlatform::new(4).at(1_000);
     let mut v = vcpu(HYPERCALL_DTRACE_PROBE, 2, ARGS_AT, 100_123);
     v.vcpu = 3;
     v.regs.rcx = 0xdead; // not an argument of PROBE
     assert_eq!(e.hypercall(&v, &mem, &platform), ok());
-    platform.inner.now_ns.store(2_500, std::sync::atomic::Ordering::Relaxed);
+    platform.set_now(2_500);
     v.instruction = HypercallInstruction::Vmmcall;
     v.vcpu = 0;
     assert_eq!(e.hypercall(&v, &mem, &platform), ok());
     let name = "syscall::read:return".to_string();
     let args = [10, 20, 30, 0xffff_ffff_ffff_fff0, 50];
-    assert_eq!(
-        *platform.events.lock().unwrap(),
-        vec![(2, name.clone(), args, 100_123, 3, 1_000), (2, name, args, 100_123, 0, 2_500)]
-    );
+    let probe = |vcpu, timestamp_ns| RecordedProbe {
+        probe_id: 2,
+        name: name.clone(),
+        args,
+        thread: 100_123,
+        vcpu,
+        timestamp_ns,
+    };
+    assert_eq!(platform.take_probes(), vec![probe(3, 1_000), probe(0, 2_500)]);
     assert_eq!(
         e.personality().probe_counts(),
         vec![(1, "syscall::read:entry".to_string(), 0), (2, "syscall::read:return".to_string(), 2)]

@@ -7,7 +7,7 @@ use polyvisor_config::{Config, HypervisorMode, ResetAction};
 use polyvisor_core::testing::{memory, snapshot, Effect, RecordingPlatform};
 use polyvisor_core::{
     CpuMode, Dispatch, Engine, Exception, ExitReason, Gpr, HypercallInstruction, MsrContext,
-    MsrRead, MsrWrite, Next, Outcome, Platform, PlatformError, ProbeEvent, Registers, VcpuSnapshot,
+    MsrRead, MsrWrite, Next, Outcome, Platform, PlatformError, Registers, VcpuSnapshot,
 };
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
@@ -51,66 +51,7 @@ pub(super) fn defaults(edit: impl FnOnce(&mut Config)) -> Config {
 pub(super) struct Vm {
     pub engine: Engine<HyperV>,
     pub mem: polyvisor_core::GuestMemoryMmap,
-    pub platform: Box<dyn Plat>,
-}
-
-/// A platform a test can also inspect.
-pub(super) trait Plat: Platform {
-    fn rec(&self) -> &RecordingPlatform;
-}
-impl Plat for RecordingPlatform {
-    fn rec(&self) -> &RecordingPlatform {
-        self
-    }
-}
-
-/// A VMM that provides only the required effects: no TLB flush, debug channel or XMM access.
-pub(super) struct Bare(pub RecordingPlatform);
-impl Plat for Bare {
-    fn rec(&self) -> &RecordingPlatform {
-        &self.0
-    }
-}
-impl Platform for Bare {
-    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
-        self.0.console_write(vcpu, bytes)
-    }
-    fn console_read(&self, buf: &mut [u8]) -> usize {
-        self.0.console_read(buf)
-    }
-    fn vcpu_count(&self) -> u32 {
-        self.0.vcpu_count()
-    }
-    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
-        self.0.yield_now(vcpu, target)
-    }
-    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
-        self.0.wake(target)
-    }
-    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
-        self.0.interrupt(target, vector)
-    }
-    fn monotonic_ns(&self) -> u64 {
-        self.0.monotonic_ns()
-    }
-    fn wall_clock(&self) -> (i64, u32) {
-        self.0.wall_clock()
-    }
-    fn guest_tsc(&self) -> u64 {
-        self.0.guest_tsc()
-    }
-    fn tsc_khz(&self) -> Option<u64> {
-        self.0.tsc_khz()
-    }
-    fn probe_fired(&self, event: &ProbeEvent<'_>) {
-        self.0.probe_fired(event)
-    }
-    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.0.map_overlay(slot, placement)
-    }
-    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
-        self.0.protect_code(gpa, len)
-    }
+    pub platform: RecordingPlatform,
 }
 
 impl Vm {
@@ -122,21 +63,23 @@ impl Vm {
         Vm {
             engine: Engine::new(p, &c.hypervisor.policy()).unwrap(),
             mem: memory(RAM),
-            platform: Box::new(RecordingPlatform::new(c.vm.vcpus)),
+            platform: RecordingPlatform::new(c.vm.vcpus),
         }
     }
+    /// The VM on a VMM that provides only the required effects: no TLB flush, debug channel,
+    /// XMM access or host timers.
     pub fn bare(mut self) -> Vm {
-        self.platform = Box::new(Bare(RecordingPlatform::new(4)));
+        self.platform = RecordingPlatform::new(4).bare();
         self
     }
     pub fn rec(&self) -> &RecordingPlatform {
-        self.platform.rec()
+        &self.platform
     }
     pub fn take(&self) -> Vec<Effect> {
         self.rec().take()
     }
     fn ctx(&self, vcpu: u32) -> MsrContext<'_> {
-        MsrContext { vcpu, memory: &self.mem, platform: &*self.platform }
+        MsrContext { vcpu, memory: &self.mem, platform: &self.platform }
     }
     pub fn rdmsr(&self, vcpu: u32, msr: u32) -> MsrRead {
         self.engine.read_msr(&self.ctx(vcpu), msr)
@@ -162,7 +105,7 @@ impl Vm {
         self.take();
     }
     pub fn call_snap(&self, v: &VcpuSnapshot) -> Outcome {
-        self.engine.hypercall(v, &self.mem, &*self.platform)
+        self.engine.hypercall(v, &self.mem, &self.platform)
     }
     /// A 64-bit CPL 0 call on vCPU 0.
     pub fn call(&self, control: u64, input: u64, output: u64) -> Outcome {
@@ -446,51 +389,9 @@ fn hypercall_msr_lock_reserved_bits_and_bounds() {
 
 #[test]
 fn failing_overlay_is_a_gp() {
-    struct NoOverlay(RecordingPlatform);
-    // Reuse Bare's delegation but refuse overlays.
     let vm = Vm::new(&config(|_| {}));
-    let p = NoOverlay(RecordingPlatform::new(4));
-    impl NoOverlay {
-        fn ctx<'a>(&'a self, mem: &'a polyvisor_core::GuestMemoryMmap) -> MsrContext<'a> {
-            MsrContext { vcpu: 0, memory: mem, platform: self }
-        }
-    }
-    impl Platform for NoOverlay {
-        fn console_write(&self, _: u32, _: &[u8]) {}
-        fn console_read(&self, _: &mut [u8]) -> usize {
-            0
-        }
-        fn vcpu_count(&self) -> u32 {
-            self.0.vcpus
-        }
-        fn yield_now(&self, _: u32, _: Option<u32>) {}
-        fn wake(&self, _: u32) -> Result<bool, PlatformError> {
-            Ok(false)
-        }
-        fn interrupt(&self, _: u32, _: u8) -> Result<(), PlatformError> {
-            Ok(())
-        }
-        fn monotonic_ns(&self) -> u64 {
-            0
-        }
-        fn wall_clock(&self) -> (i64, u32) {
-            (0, 0)
-        }
-        fn guest_tsc(&self) -> u64 {
-            0
-        }
-        fn tsc_khz(&self) -> Option<u64> {
-            None
-        }
-        fn probe_fired(&self, _: &ProbeEvent<'_>) {}
-        fn map_overlay(&self, _: u32, _: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-            Err(PlatformError::Unsupported("overlays"))
-        }
-        fn protect_code(&self, _: u64, _: u64) -> Result<(), PlatformError> {
-            Ok(())
-        }
-    }
-    let ctx = p.ctx(&vm.mem);
+    let p = RecordingPlatform::new(4).failing_overlays(PlatformError::Unsupported("overlays"));
+    let ctx = MsrContext { vcpu: 0, memory: &vm.mem, platform: &p };
     assert_eq!(vm.engine.write_msr(&ctx, HV_X64_MSR_GUEST_OS_ID, 1), MsrWrite::Done);
     assert_eq!(vm.engine.write_msr(&ctx, HV_X64_MSR_HYPERCALL, HC_PAGE | 1), MsrWrite::Gp);
     assert_eq!(vm.engine.read_msr(&ctx, HV_X64_MSR_HYPERCALL), MsrRead::Value(0));

@@ -1,14 +1,14 @@
 //! Engine-level tests of the kvm personality: build and feature choice, CPUID, every table
 //! row and refusal, 32-bit callers, bad guest pointers, multi-vCPU effects and kvmclock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use polyvisor_config::{Config, HypervisorMode, KvmFeature, Selector};
 use polyvisor_core::testing::{memory, snapshot, Effect, RecordingPlatform};
 use polyvisor_core::{
     CallSelector, CpuMode, Dispatch, Engine, Gpr, GuestMemoryMmap, MsrContext, MsrRead, MsrWrite,
-    Next, Outcome, Platform, PlatformError, ProbeEvent, Registers,
+    Next, Outcome, Platform, PlatformError, Registers,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -564,62 +564,14 @@ fn send_ipi_delivery_modes() {
     assert!(vm.platform.take().is_empty());
 }
 
-/// A platform whose APIC ids are 10 * vCPU index and where vCPU 2 refuses interrupts.
-struct SparseApics(RecordingPlatform);
-
-impl Platform for SparseApics {
-    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
-        self.0.console_write(vcpu, bytes)
-    }
-    fn console_read(&self, buf: &mut [u8]) -> usize {
-        self.0.console_read(buf)
-    }
-    fn vcpu_count(&self) -> u32 {
-        self.0.vcpu_count()
-    }
-    fn vcpu_by_apic_id(&self, apic_id: u32) -> Option<u32> {
-        (apic_id / 10 * 10 == apic_id && apic_id / 10 < self.vcpu_count()).then_some(apic_id / 10)
-    }
-    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
-        self.0.yield_now(vcpu, target)
-    }
-    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
-        self.0.wake(target)
-    }
-    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
-        if target == 2 {
-            return Err(PlatformError::Failed("APIC disabled".into()));
-        }
-        self.0.interrupt(target, vector)
-    }
-    fn monotonic_ns(&self) -> u64 {
-        self.0.monotonic_ns()
-    }
-    fn wall_clock(&self) -> (i64, u32) {
-        self.0.wall_clock()
-    }
-    fn guest_tsc(&self) -> u64 {
-        self.0.guest_tsc()
-    }
-    fn tsc_khz(&self) -> Option<u64> {
-        self.0.tsc_khz()
-    }
-    fn probe_fired(&self, event: &ProbeEvent<'_>) {
-        self.0.probe_fired(event)
-    }
-    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.0.map_overlay(slot, placement)
-    }
-    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
-        self.0.protect_code(gpa, len)
-    }
-}
-
 #[test]
 fn apic_ids_go_through_the_platform() {
     let e = engine();
     let mem = memory(0x1000);
-    let p = SparseApics(RecordingPlatform::new(4));
+    // APIC ids are 10 * vCPU index and vCPU 2 refuses interrupts.
+    let p = RecordingPlatform::new(4)
+        .with_apic_ids(vec![0, 10, 20, 30])
+        .failing_interrupts(2, PlatformError::Failed("APIC disabled".into()));
     let call = |vcpu: u32, nr: u64, args: [u64; 4]| {
         let mut v = snapshot(Registers {
             rax: nr,
@@ -636,16 +588,16 @@ fn apic_ids_go_through_the_platform() {
     let bitmap = 1 << 0 | 1 << 10 | 1 << 20 | 1 << 30 | 1 << 5;
     assert_eq!(call(0, KVM_HC_SEND_IPI, [bitmap, 0, 0, 0x61]), 3);
     assert_eq!(
-        p.0.take(),
+        p.take(),
         vec![Effect::Interrupt(0, 0x61), Effect::Interrupt(1, 0x61), Effect::Interrupt(3, 0x61)]
     );
     assert_eq!(call(1, KVM_HC_KICK_CPU, [0, 30, 0, 0]), 0);
-    assert_eq!(p.0.take(), vec![Effect::Wake(3), Effect::Yield(1, Some(3))]);
+    assert_eq!(p.take(), vec![Effect::Wake(3), Effect::Yield(1, Some(3))]);
     assert_eq!(call(0, KVM_HC_KICK_CPU, [0, 3, 0, 0]), 0);
     assert_eq!(call(0, KVM_HC_SCHED_YIELD, [3, 0, 0, 0]), 0);
-    assert!(p.0.take().is_empty(), "APIC id 3 is nobody here");
+    assert!(p.take().is_empty(), "APIC id 3 is nobody here");
     assert_eq!(call(0, KVM_HC_SCHED_YIELD, [20, 0, 0, 0]), 0);
-    assert_eq!(p.0.take(), vec![Effect::Yield(0, Some(2))]);
+    assert_eq!(p.take(), vec![Effect::Yield(0, Some(2))]);
 }
 
 // ------------------------------------------------------------------- SCHED_YIELD
@@ -889,65 +841,10 @@ fn map_gpa_range_full_map_is_e2big() {
 
 // ---------------------------------------------------------------------- kvmclock
 
-/// A platform whose TSC runs at `khz` kHz on a settable nanosecond clock.
-struct Clock {
-    inner: RecordingPlatform,
-    khz: u64,
-    /// Added to the TSC (a TSC that did not start at zero).
-    tsc_base: AtomicU64,
-}
-
-impl Clock {
-    fn new(khz: u64) -> Self {
-        Clock { inner: RecordingPlatform::new(4), khz, tsc_base: AtomicU64::new(0) }
-    }
-    fn set_ns(&self, ns: u64) {
-        self.inner.now_ns.store(ns, Ordering::Relaxed);
-    }
-}
-
-impl Platform for Clock {
-    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
-        self.inner.console_write(vcpu, bytes)
-    }
-    fn console_read(&self, buf: &mut [u8]) -> usize {
-        self.inner.console_read(buf)
-    }
-    fn vcpu_count(&self) -> u32 {
-        4
-    }
-    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
-        self.inner.yield_now(vcpu, target)
-    }
-    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
-        self.inner.wake(target)
-    }
-    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
-        self.inner.interrupt(target, vector)
-    }
-    fn monotonic_ns(&self) -> u64 {
-        self.inner.monotonic_ns()
-    }
-    fn wall_clock(&self) -> (i64, u32) {
-        let ns = self.monotonic_ns();
-        (1_700_000_000 + (ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32)
-    }
-    fn guest_tsc(&self) -> u64 {
-        let ticks = u128::from(self.monotonic_ns()) * u128::from(self.khz) / 1_000_000;
-        self.tsc_base.load(Ordering::Relaxed) + ticks as u64
-    }
-    fn tsc_khz(&self) -> Option<u64> {
-        Some(self.khz)
-    }
-    fn probe_fired(&self, event: &ProbeEvent<'_>) {
-        self.inner.probe_fired(event)
-    }
-    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.inner.map_overlay(slot, placement)
-    }
-    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
-        self.inner.protect_code(gpa, len)
-    }
+/// A platform whose TSC runs at `khz` kHz on a settable nanosecond clock, with a wall clock
+/// that runs with it.
+fn clock(khz: u64) -> RecordingPlatform {
+    RecordingPlatform::new(4).with_tsc_khz(khz).running_wall_clock()
 }
 
 fn clock_engine(khz: u64) -> Arc<Engine<KvmPersonality>> {
@@ -980,8 +877,8 @@ fn msr_ranges_cover_kvms_range_and_the_old_clock() {
 fn system_time_new_fills_the_vcpu_page() {
     let e = clock_engine(1_000_000);
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
-    p.set_ns(5_000_000_000);
+    let p = clock(1_000_000);
+    p.set_now(5_000_000_000);
     let c = ctx(1, &mem, &p);
     assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000 | 1), MsrWrite::Done);
     let info = time_info(&mem, 0x2000);
@@ -995,7 +892,7 @@ fn system_time_new_fills_the_vcpu_page() {
     // Other vCPUs have their own MSR.
     assert_eq!(e.read_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW), MsrRead::Value(0));
     // Later the guest's formula gives the platform's time.
-    p.set_ns(7_500_000_123);
+    p.set_now(7_500_000_123);
     assert_eq!(info.guest_time(p.guest_tsc()), 7_500_000_123);
     assert_eq!(e.personality().kvmclock_now(&p), Some(7_500_000_123));
     // Registering again (or a refresh) bumps the version by two.
@@ -1011,18 +908,18 @@ fn system_time_new_fills_the_vcpu_page() {
 fn all_vcpus_share_one_reference() {
     let e = clock_engine(2_500_000);
     let mem = memory(0x10000);
-    let p = Clock::new(2_500_000);
+    let p = clock(2_500_000);
     p.tsc_base.store(777_777, Ordering::Relaxed);
-    p.set_ns(1_000);
+    p.set_now(1_000);
     e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x1000 | 1);
-    p.set_ns(9_000_000);
+    p.set_now(9_000_000);
     e.write_msr(&ctx(3, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x1040 | 1);
     let (a, b) = (time_info(&mem, 0x1000), time_info(&mem, 0x1040));
     assert_eq!((a.tsc_timestamp, a.system_time), (b.tsc_timestamp, b.system_time));
     // Both read the same, monotonic time from the same TSC.
     let mut last = 0;
     for ns in [9_000_001, 10_000_000, 1_000_000_000, 3_600_000_000_000] {
-        p.set_ns(ns);
+        p.set_now(ns);
         let tsc = p.guest_tsc();
         assert_eq!(a.guest_time(tsc), b.guest_time(tsc));
         assert!(a.guest_time(tsc) >= last);
@@ -1035,12 +932,12 @@ fn kvmclock_advances_at_the_tsc_rate() {
     for khz in [1_000_000, 2_500_000, 3_000_000, 2_111_111] {
         let e = clock_engine(khz);
         let mem = memory(0x10000);
-        let p = Clock::new(khz);
-        p.set_ns(123_456);
+        let p = clock(khz);
+        p.set_now(123_456);
         e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x3000 | 1);
         let info = time_info(&mem, 0x3000);
         let start = info.guest_time(p.guest_tsc());
-        p.set_ns(123_456 + 1_000_000_000);
+        p.set_now(123_456 + 1_000_000_000);
         let second = info.guest_time(p.guest_tsc()) - start;
         let ppm = (second as f64 - 1e9).abs() / 1e3;
         assert!(ppm < 1.0, "{khz} kHz: one second measured as {second} ns");
@@ -1051,7 +948,7 @@ fn kvmclock_advances_at_the_tsc_rate() {
 fn old_system_time_msr_gets_no_stable_bit() {
     let e = engine();
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
+    let p = clock(1_000_000);
     let c = ctx(0, &mem, &p);
     assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME, 0x2000 | 1), MsrWrite::Done);
     let info = time_info(&mem, 0x2000);
@@ -1066,7 +963,7 @@ fn old_system_time_msr_gets_no_stable_bit() {
 fn system_time_keeps_the_guest_stopped_flag_and_steps_over_junk() {
     let e = engine();
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
+    let p = clock(1_000_000);
     // The guest left an odd version and PVCLOCK_GUEST_STOPPED in the page.
     mem.write_obj(41u32, GuestAddress(0x2000)).unwrap();
     mem.write_obj(PVCLOCK_GUEST_STOPPED, GuestAddress(0x2000 + 29)).unwrap();
@@ -1080,7 +977,7 @@ fn system_time_keeps_the_guest_stopped_flag_and_steps_over_junk() {
 fn system_time_disabled_or_outside_ram() {
     let e = engine();
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
+    let p = clock(1_000_000);
     let c = ctx(0, &mem, &p);
     // Without the enable bit: recorded, nothing written.
     assert_eq!(e.write_msr(&c, MSR_KVM_SYSTEM_TIME_NEW, 0x2000), MsrWrite::Done);
@@ -1102,8 +999,8 @@ fn system_time_disabled_or_outside_ram() {
 fn wall_clock_is_the_time_at_kvmclock_zero() {
     let e = engine();
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
-    p.set_ns(5_250_000_000);
+    let p = clock(1_000_000);
+    p.set_now(5_250_000_000);
     let c = ctx(2, &mem, &p);
     for msr in [MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_WALL_CLOCK] {
         assert_eq!(e.write_msr(&c, msr, 0x4000), MsrWrite::Done);
@@ -1126,10 +1023,10 @@ fn wall_clock_is_the_time_at_kvmclock_zero() {
 fn wall_clock_uses_the_shared_reference() {
     let e = clock_engine(3_000_000);
     let mem = memory(0x10000);
-    let p = Clock::new(3_000_000);
-    p.set_ns(1_000_000_000);
+    let p = clock(3_000_000);
+    p.set_now(1_000_000_000);
     e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x1001);
-    p.set_ns(61_000_000_500);
+    p.set_now(61_000_000_500);
     e.write_msr(&ctx(0, &mem, &p), MSR_KVM_WALL_CLOCK_NEW, 0x2000);
     let wc = wall_clock(&mem, 0x2000);
     let info = time_info(&mem, 0x1000);
@@ -1221,7 +1118,7 @@ fn kvmclock_msrs_work_with_hypercalls_off() {
     c.hypervisor.hypercalls_enabled = false;
     let e = engine_with(&c, &HostFacts::nominal());
     let mem = memory(0x10000);
-    let p = Clock::new(1_000_000);
+    let p = clock(1_000_000);
     assert_eq!(e.write_msr(&ctx(0, &mem, &p), MSR_KVM_SYSTEM_TIME_NEW, 0x2001), MsrWrite::Done);
     assert_eq!(time_info(&mem, 0x2000).version, 2);
 }
@@ -1276,7 +1173,7 @@ mod fuzz {
         ) {
             let e = engine();
             let mem = memory(0x4000);
-            let p = Clock::new(2_500_000);
+            let p = clock(2_500_000);
             let msr = if old { 0x11 + index % 2 } else { MSR_KVM_RANGE_FIRST + index };
             let c = ctx(vcpu, &mem, &p);
             match e.write_msr(&c, msr, value) {

@@ -1,125 +1,19 @@
-//! Test scaffolding: an engine over the personality, a platform that can translate addresses
-//! and time halts, and call helpers for both conventions.
+//! Test scaffolding: an engine over the personality, a recording platform that logs bounded
+//! halts, and call helpers for both conventions.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use polyvisor_config::XenConfig;
-use polyvisor_core::testing::{memory, snapshot, Effect, RecordingPlatform};
+use polyvisor_core::testing::{memory, snapshot, RecordingPlatform};
 use polyvisor_core::{
-    CpuMode, Dispatch, Engine, Gpr, GuestMemoryMmap, MsrContext, Outcome, Platform, PlatformError,
-    Policy, ProbeEvent, Registers, VcpuSnapshot,
+    CpuMode, Dispatch, Engine, Gpr, GuestMemoryMmap, MsrContext, Outcome, Policy, Registers,
+    VcpuSnapshot,
 };
 use vm_memory::{Bytes, GuestAddress};
 
 use super::abi::neg;
 use super::Xen;
 use crate::HostFacts;
-
-/// A guest linear-to-physical translation for tests.
-pub type Translate = Box<dyn Fn(u64, bool) -> Result<u64, PlatformError> + Send + Sync>;
-
-/// A [`RecordingPlatform`] that can also translate linear addresses and bound halts.
-pub struct TestPlatform {
-    pub inner: RecordingPlatform,
-    pub translate: Option<Translate>,
-    /// `halt_until` calls; `None` makes `halt_until` unsupported.
-    pub halts: Option<Mutex<Vec<(u32, u64)>>>,
-    /// What `memory_map` answers.
-    pub e820: Option<Vec<(u64, u64, u32)>>,
-    /// TSC values `guest_tsc` answers first, in order (then the recording platform's).
-    pub tsc_script: Mutex<std::collections::VecDeque<u64>>,
-}
-
-impl TestPlatform {
-    pub fn new(vcpus: u32) -> Self {
-        TestPlatform {
-            inner: RecordingPlatform::new(vcpus),
-            translate: None,
-            halts: Some(Mutex::new(Vec::new())),
-            e820: None,
-            tsc_script: Mutex::new(std::collections::VecDeque::new()),
-        }
-    }
-    pub fn take(&self) -> Vec<Effect> {
-        self.inner.take()
-    }
-    pub fn set_now(&self, ns: u64) {
-        self.inner.now_ns.store(ns, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub fn halts(&self) -> Vec<(u32, u64)> {
-        self.halts.as_ref().map(|h| h.lock().unwrap().clone()).unwrap_or_default()
-    }
-}
-
-impl Platform for TestPlatform {
-    fn console_write(&self, vcpu: u32, bytes: &[u8]) {
-        self.inner.console_write(vcpu, bytes)
-    }
-    fn console_read(&self, buf: &mut [u8]) -> usize {
-        self.inner.console_read(buf)
-    }
-    fn vcpu_count(&self) -> u32 {
-        self.inner.vcpu_count()
-    }
-    fn yield_now(&self, vcpu: u32, target: Option<u32>) {
-        self.inner.yield_now(vcpu, target)
-    }
-    fn wake(&self, target: u32) -> Result<bool, PlatformError> {
-        self.inner.wake(target)
-    }
-    fn interrupt(&self, target: u32, vector: u8) -> Result<(), PlatformError> {
-        self.inner.interrupt(target, vector)
-    }
-    fn monotonic_ns(&self) -> u64 {
-        self.inner.monotonic_ns()
-    }
-    fn wall_clock(&self) -> (i64, u32) {
-        self.inner.wall_clock()
-    }
-    fn guest_tsc(&self) -> u64 {
-        match self.tsc_script.lock().unwrap().pop_front() {
-            Some(tsc) => tsc,
-            None => self.inner.guest_tsc(),
-        }
-    }
-    fn tsc_khz(&self) -> Option<u64> {
-        self.inner.tsc_khz()
-    }
-    fn probe_fired(&self, event: &ProbeEvent<'_>) {
-        self.inner.probe_fired(event)
-    }
-    fn map_overlay(&self, slot: u32, placement: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-        self.inner.map_overlay(slot, placement)
-    }
-    fn protect_code(&self, gpa: u64, len: u64) -> Result<(), PlatformError> {
-        self.inner.protect_code(gpa, len)
-    }
-    fn translate_gva(&self, _vcpu: u32, gva: u64, write: bool) -> Result<u64, PlatformError> {
-        match &self.translate {
-            Some(f) => f(gva, write),
-            None => Err(PlatformError::Unsupported("translate_gva")),
-        }
-    }
-    fn memory_map(&self) -> Option<Vec<(u64, u64, u32)>> {
-        self.e820.clone()
-    }
-    fn set_timer(
-        &self,
-        id: u32,
-        timer: Option<(u64, polyvisor_core::TimerCallback)>,
-    ) -> Result<(), PlatformError> {
-        self.inner.set_timer(id, timer)
-    }
-    fn halt_until(&self, vcpu: u32, deadline_ns: u64) -> Result<(), PlatformError> {
-        match &self.halts {
-            Some(h) => {
-                h.lock().unwrap().push((vcpu, deadline_ns));
-                Ok(())
-            }
-            None => Err(PlatformError::Unsupported("halt_until")),
-        }
-    }
-}
 
 /// Guest RAM size of the default test VM.
 pub const RAM: usize = 2 << 20;
@@ -128,7 +22,8 @@ pub const RAM: usize = 2 << 20;
 pub struct Vm {
     pub engine: Engine<Xen>,
     pub mem: GuestMemoryMmap,
-    pub platform: TestPlatform,
+    /// Logs `halt_until` calls (see [`RecordingPlatform::halts`]).
+    pub platform: RecordingPlatform,
 }
 
 /// `-errno` as a 64-bit caller sees it.
@@ -158,7 +53,7 @@ impl Vm {
         Vm {
             engine: Engine::new(Arc::new(xen), &policy).unwrap(),
             mem: memory(RAM),
-            platform: TestPlatform::new(2),
+            platform: RecordingPlatform::new(2).logging_halts(),
         }
     }
 

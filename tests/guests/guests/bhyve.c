@@ -60,23 +60,6 @@ static enum scenario sc = ENABLED;
 static bool accepted[2] = {true, true};     /* insn= */
 static bool cpl3_trapped[2] = {true, true}; /* cpl3= */
 
-static unsigned passed, failed;
-
-static void check(bool ok, const char *fmt, ...) __printf(2, 3);
-static void check(bool ok, const char *fmt, ...)
-{
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    gvsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (ok)
-        passed++;
-    else
-        failed++;
-    gprintf("%s: [%s] %s\n", GUEST_NAME, ok ? "ok" : "FAIL", line);
-}
-
 /* ------------------------------------------------------------ the model */
 
 /* What the host does with a call, in the order the VMM and the personality decide it. */
@@ -666,6 +649,5 @@ int guest_main(const struct hvm_start_info *si)
                 GUEST_NAME, (unsigned long)events[e].id, (unsigned long long)events[e].thread,
                 events[e].vcpu, probe_name(events[e].id));
 
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

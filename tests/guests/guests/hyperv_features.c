@@ -1244,13 +1244,13 @@ static void finish(void)
         return;
     if (!strcmp(end, "crash")) {
         check(has_feature(F_CRASH_MSRS), "crash MSRs shown for end=crash");
-        gprintf("%s: %u passed, %u failed before the end\n", GUEST_NAME, passed, failed);
+        check_summary_with(" before the end");
         for (unsigned i = 0; i < 5; i++)
             wrmsr(HV_X64_MSR_CRASH_P0 + i, 0x11ull * (i + 1));
         wrmsr(HV_X64_MSR_CRASH_CTL, HV_CRASH_CTL_CRASH_NOTIFY);
     } else if (!strcmp(end, "reset")) {
         check(has_priv(P_RESET), "RESET shown for end=reset");
-        gprintf("%s: %u passed, %u failed before the end\n", GUEST_NAME, passed, failed);
+        check_summary_with(" before the end");
         wrmsr(HV_X64_MSR_RESET, 1);
     }
     check(false, "end=%s should have ended the VM", end);
@@ -1288,6 +1288,5 @@ int guest_main(const struct hvm_start_info *si)
     check_lock();
     report_counts();
     finish();
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

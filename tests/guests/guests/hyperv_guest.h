@@ -148,34 +148,6 @@ static inline bool amd_like(void)
 }
 
 /* ------------------------------------------------------------ checks */
-static unsigned passed, failed;
-
-static inline void check(bool ok, const char *fmt, ...) __printf(2, 3);
-static inline void check(bool ok, const char *fmt, ...)
-{
-    char line[320];
-    va_list ap;
-    va_start(ap, fmt);
-    gvsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    /* "what|details": the details are printed only for a failure (console bytes are VM
-     * exits, so passing lines stay short). */
-    for (char *c = line; *c; c++) {
-        if (*c != '|')
-            continue;
-        if (ok) {
-            *c = 0;
-            break;
-        }
-        *c = ';';
-    }
-    if (ok)
-        passed++;
-    else
-        failed++;
-    gprintf("%s: %s %s\n", GUEST_NAME, ok ? "ok  " : "FAIL", line);
-}
-
 static inline void info(const char *fmt, ...) __printf(1, 2);
 static inline void info(const char *fmt, ...)
 {

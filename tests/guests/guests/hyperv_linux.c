@@ -356,7 +356,7 @@ int guest_main(const struct hvm_start_info *si)
     (void)si;
     gprintf("%s: Linux-style Hyper-V start-up (%s)\n", GUEST_NAME, rt_boot_protocol_name());
     if (!ms_hyperv_platform()) {
-        gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
+        check_summary();
         return 1;
     }
     gprintf("%s: Hypervisor detected: Microsoft Hyper-V\n", GUEST_NAME);
@@ -366,6 +366,5 @@ int guest_main(const struct hvm_start_info *si)
     send_ipis();
     flush_tlb_multi();
     clocks();
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

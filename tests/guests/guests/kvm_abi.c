@@ -824,5 +824,5 @@ int guest_main(const struct hvm_start_info *si)
     check_ring3();
     check_msrs();
     check(current_cpl() == 0, "back at CPL 0 after every call");
-    return finish();
+    return check_summary();
 }

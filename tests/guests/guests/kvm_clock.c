@@ -215,12 +215,12 @@ int guest_main(const struct hvm_start_info *si)
         gprintf("%s: KVM_FEATURE_CLOCKSOURCE2 not shown (no stable TSC on this host?)\n",
                 GUEST_NAME);
         check_without_kvmclock();
-        return finish();
+        return check_summary();
     }
     check_page();
     check_monotonic();
     check_rate();
     check_wall_clock();
     check_addresses(si);
-    return finish();
+    return check_summary();
 }

@@ -105,29 +105,6 @@ struct pvclock_wall_clock {
 #define KVM_ERR(code) ((ureg)(-(sreg)(code)))
 
 /* ------------------------------------------------------------------- checks */
-static unsigned passed, failed;
-
-static void check(bool ok, const char *fmt, ...) __printf(2, 3);
-static void check(bool ok, const char *fmt, ...)
-{
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    gvsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (ok)
-        __atomic_add_fetch(&passed, 1, __ATOMIC_RELAXED);
-    else
-        __atomic_add_fetch(&failed, 1, __ATOMIC_RELAXED);
-    gprintf("%s: [%s] %s\n", GUEST_NAME, ok ? "ok" : "FAIL", line);
-}
-
-static inline int finish(void)
-{
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
-    return failed ? 1 : 0;
-}
-
 /* ----------------------------------------------------------------- hypercalls */
 enum insn { VMCALL = 0, VMMCALL = 1 };
 static const char *const insn_name[2] = {"VMCALL", "VMMCALL"};

@@ -279,12 +279,12 @@ int guest_main(const struct hvm_start_info *si)
             RT_64BIT ? "64-bit" : "32-bit");
     if (n < 2 || n > RT_MAX_VCPUS) {
         check(false, "vcpus=%u is between 2 and %u", n, RT_MAX_VCPUS);
-        return finish();
+        return check_summary();
     }
     apic_ids[0] = my_apic_id();
     if (wait_for_aps(n - 1, 2000000000ull) < n - 1) {
         check(false, "%u APs came up (run with [vm] vcpus = %u)", n - 1, n);
-        return finish();
+        return check_summary();
     }
     bool ids = true;
     for (unsigned v = 1; v < n && ids; v++) {
@@ -313,5 +313,5 @@ int guest_main(const struct hvm_start_info *si)
     u32 wakeups = ap_wakeups;
     check(wakeups == commands, "vCPU 1 came back from %u of %u commands", wakeups, commands);
     post(CMD_EXIT);
-    return finish();
+    return check_summary();
 }

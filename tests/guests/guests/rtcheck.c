@@ -14,17 +14,6 @@
  */
 #include "guest.h"
 
-static unsigned passed, failed;
-
-static void check(bool ok, const char *what)
-{
-    if (ok)
-        passed++;
-    else
-        failed++;
-    gprintf("%s: [%s] %s\n", GUEST_NAME, ok ? "ok" : "FAIL", what);
-}
-
 static ureg do_ud2(ureg arg)
 {
     (void)arg;
@@ -288,6 +277,5 @@ int guest_main(const struct hvm_start_info *si)
         __asm__ volatile("ud2");
     }
 
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, passed, failed);
-    return failed ? 1 : 0;
+    return check_summary();
 }

@@ -1234,7 +1234,8 @@ int guest_main(const struct hvm_start_info *si)
                 ram_top = e[i].addr + e[i].size;
     }
     set_irq_handler(UPCALL_VECTOR, upcall);
-    xen_console_io_output = sc == ENABLED;
+    if (sc == ENABLED)
+        check_set_output(xen_check_write);
     gprintf("%s: xen personality checks (%s, %s callers), expect=%s, Xen %u.%u, via %s\n",
             GUEST_NAME, rt_boot_protocol_name(), RT_64BIT ? "64-bit" : "32-bit",
             sc == ENABLED ? "enabled" : sc == DISABLED ? "disabled" : "deny",
@@ -1275,6 +1276,5 @@ int guest_main(const struct hvm_start_info *si)
         check(current_cpl() == 0, "back at CPL 0 after every call");
         gprintf("%s: %u upcall interrupts raised\n", GUEST_NAME, interrupts_expected);
     }
-    gprintf("%s: %u passed, %u failed\n", GUEST_NAME, xen_passed, xen_failed);
-    return xen_failed ? 1 : 0;
+    return check_summary();
 }

@@ -302,13 +302,12 @@ int guest_main(const struct hvm_start_info *si)
     }
     if (xen_failed && latch) {
         /* The latched reason would win: report the failure through the exit port. */
-        gprintf("%s: %u passed, %u failed\n", GUEST_NAME, xen_passed, xen_failed);
+        check_summary();
         exit_vm(1);
     }
-    gprintf("%s: %u passed, %u failed; SCHEDOP_shutdown(%u %s)%s\n", GUEST_NAME, xen_passed,
-            xen_failed, xen_failed ? SHUTDOWN_crash : reason,
-            reason_name(xen_failed ? SHUTDOWN_crash : reason),
-            latch ? ", latched code wins" : "");
+    check_summary_with("; SCHEDOP_shutdown(%u %s)%s", xen_failed ? SHUTDOWN_crash : reason,
+                       reason_name(xen_failed ? SHUTDOWN_crash : reason),
+                       latch ? ", latched code wins" : "");
     struct sched_shutdown sd = {xen_failed ? SHUTDOWN_crash : reason};
     long rc = HC2(__HYPERVISOR_sched_op, SCHEDOP_shutdown, PTR(&sd));
     gprintf("%s: SCHEDOP_shutdown returned %ld\n", GUEST_NAME, rc);

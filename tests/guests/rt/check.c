@@ -1,7 +1,8 @@
 /* polyvisor test-guest runtime: one-line checks with a final count (README.md, "Checks").
  *
  * Every check prints one line, `<guest>: ok   <what>` or `<guest>: FAIL <what>: got X want Y`,
- * and check_summary() prints `<guest>: N ok, M failed` and returns the exit status (0 only
+ * as one console write (or through the guest's check_set_output() writer), and check_summary()
+ * prints `<guest>: N ok, M failed` and returns the exit status (0 only
  * when nothing failed and at least one check ran). A host test asserts the status, no `FAIL`
  * line and a minimum number of `ok` lines, so a guest that silently skips cannot pass.
  */
@@ -12,23 +13,62 @@
 #endif
 
 static volatile u32 checks_passed, checks_failed;
+static check_output_fn check_output;
 
-/* Counts a check and prints its line; the details follow "FAIL <what>: " on failure only. */
+void check_set_output(check_output_fn write)
+{
+    check_output = write;
+}
+
+/* Counts a check and prints its line as one write; `details` (may be NULL) follows
+   "FAIL <what>: " on failure only. */
+static bool emit(bool ok, const char *what, const char *details)
+{
+    __atomic_add_fetch(ok ? &checks_passed : &checks_failed, 1, __ATOMIC_RELAXED);
+    char line[560];
+    int n;
+    if (ok)
+        n = gsnprintf(line, sizeof line, "%s: ok   %s\n", GUEST_NAME, what);
+    else if (details && *details)
+        n = gsnprintf(line, sizeof line, "%s: FAIL %s: %s\n", GUEST_NAME, what, details);
+    else
+        n = gsnprintf(line, sizeof line, "%s: FAIL %s\n", GUEST_NAME, what);
+    if (n > (int)sizeof line - 1) { /* cut, but still one line */
+        n = (int)sizeof line - 1;
+        line[n - 1] = '\n';
+    }
+    if (!check_output || !check_output(line, (size_t)n))
+        console_write(line, (size_t)n);
+    return ok;
+}
+
 static bool report(bool ok, const char *what, const char *fmt, ...) __printf(3, 4);
 static bool report(bool ok, const char *what, const char *fmt, ...)
 {
-    __atomic_add_fetch(ok ? &checks_passed : &checks_failed, 1, __ATOMIC_RELAXED);
-    if (ok) {
-        gprintf("%s: ok   %s\n", GUEST_NAME, what);
-        return true;
-    }
     char details[200];
     va_list ap;
     va_start(ap, fmt);
     gvsnprintf(details, sizeof details, fmt, ap);
     va_end(ap);
-    gprintf("%s: FAIL %s: %s\n", GUEST_NAME, what, details);
-    return false;
+    return emit(ok, what, details);
+}
+
+bool check(bool ok, const char *fmt, ...)
+{
+    char text[320];
+    va_list ap;
+    va_start(ap, fmt);
+    gvsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    char *details = NULL;
+    for (char *c = text; *c; c++) {
+        if (*c == '|') {
+            *c = 0;
+            details = c + 1;
+            break;
+        }
+    }
+    return emit(ok, text, details);
 }
 
 bool check_eq(const char *what, u64 got, u64 want)
@@ -61,9 +101,29 @@ u32 checks_failed_so_far(void)
     return checks_failed;
 }
 
-int check_summary(void)
+u32 checks_passed_so_far(void)
+{
+    return checks_passed;
+}
+
+static int summary(const char *tail)
 {
     u32 ok = checks_passed, bad = checks_failed;
-    gprintf("%s: %u ok, %u failed\n", GUEST_NAME, ok, bad);
+    gprintf("%s: %u ok, %u failed%s\n", GUEST_NAME, ok, bad, tail);
     return (bad || !ok) ? 1 : 0;
+}
+
+int check_summary(void)
+{
+    return summary("");
+}
+
+int check_summary_with(const char *fmt, ...)
+{
+    char tail[160];
+    va_list ap;
+    va_start(ap, fmt);
+    gvsnprintf(tail, sizeof tail, fmt, ap);
+    va_end(ap);
+    return summary(tail);
 }

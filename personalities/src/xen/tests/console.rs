@@ -74,7 +74,7 @@ fn write_from_a_bad_buffer_is_efault() {
 fn read_returns_pending_input() {
     let vm = Vm::new();
     assert_eq!(vm.rax64(NR, &[1, 16, BUF]), 0, "nothing pending");
-    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"typed");
+    vm.platform.input.lock().unwrap().extend_from_slice(b"typed");
     vm.fill(BUF, 16, 0xaa);
     assert_eq!(vm.rax64(NR, &[1, 3, BUF]), 3);
     assert_eq!(vm.read(BUF, 4), b"typ\xaa");
@@ -87,7 +87,7 @@ fn read_returns_pending_input() {
 #[test]
 fn read_is_bounded_per_call() {
     let vm = Vm::new();
-    vm.platform.inner.input.lock().unwrap().extend(std::iter::repeat_n(b'x', 5000));
+    vm.platform.input.lock().unwrap().extend(std::iter::repeat_n(b'x', 5000));
     assert_eq!(vm.rax64(NR, &[1, 0x7fff_ffff, BUF]), 4096);
     assert_eq!(vm.rax64(NR, &[1, 0x7fff_ffff, BUF]), 5000 - 4096);
 }
@@ -95,7 +95,7 @@ fn read_is_bounded_per_call() {
 #[test]
 fn read_refusals() {
     let vm = Vm::new();
-    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"keep");
+    vm.platform.input.lock().unwrap().extend_from_slice(b"keep");
     assert_eq!(vm.rax64(NR, &[1, 0x8000_0000, BUF]), e(E2BIG));
     assert_eq!(vm.rax32(NR, &[1, 0xffff_ffff, BUF]), e32(E2BIG));
     assert_eq!(vm.rax64(NR, &[1, 16, 0x20_0000]), e(EFAULT));

@@ -112,11 +112,11 @@ fn the_singleshot_timer_raises_virq_timer() {
     vm.platform.set_now(1000);
     // set_timer_op(5000).
     assert_eq!(vm.rax64(15, &[5000]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), Some(5000));
-    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 0);
+    assert_eq!(vm.platform.timer_deadline(0), Some(5000));
+    assert_eq!(vm.platform.fire_due(&vm.mem), 0);
     assert!(!pending(&vm, port));
     vm.platform.set_now(5000);
-    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 1);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
     assert!(pending(&vm, port));
     // A deadline already past fires at once; 0 stops.
     vm.write(SHINFO + 2048, &[0; 8]);
@@ -125,7 +125,7 @@ fn the_singleshot_timer_raises_virq_timer() {
     assert!(pending(&vm, port));
     assert_eq!(vm.rax64(15, &[9000]), 0);
     assert_eq!(vm.rax64(15, &[0]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), None);
+    assert_eq!(vm.platform.timer_deadline(0), None);
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn console_output_reaches_the_vm_console_and_input_the_ring() {
     let page = 0xff000u64;
     vm.write(page + 1024, b"hello");
     vm.write(page + 3084, &5u32.to_le_bytes());
-    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"in");
+    vm.platform.input.lock().unwrap().extend_from_slice(b"in");
     assert_eq!(op(&vm, 4, &[2]).0, 0);
     let effects = vm.platform.take();
     assert!(effects.contains(&Effect::Console(0, b"hello".to_vec())), "{effects:?}");
@@ -255,15 +255,15 @@ fn later_host_input_arrives_by_the_poll_timer() {
     let vm = vm();
     let page = 0xff000u64;
     // Input before the guest uses the ring stays for CONSOLEIO_read.
-    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), None);
+    assert_eq!(vm.platform.timer_deadline(0x1_0000), None);
     assert_eq!(op(&vm, 4, &[2]).0, 0);
-    let due = vm.platform.inner.timer_deadline(0x1_0000).expect("the input poll is armed");
-    vm.platform.inner.input.lock().unwrap().extend_from_slice(b"late");
+    let due = vm.platform.timer_deadline(0x1_0000).expect("the input poll is armed");
+    vm.platform.input.lock().unwrap().extend_from_slice(b"late");
     vm.platform.set_now(due);
-    assert_eq!(vm.platform.inner.fire_due(&vm.mem), 1);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
     assert_eq!(vm.read(page, 4), b"late");
     assert_eq!(vm.u32_at(page + 3076), 4);
     // The console port was raised, and the poll armed again.
     assert!(pending(&vm, 2));
-    assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), Some(due + 10_000_000));
+    assert_eq!(vm.platform.timer_deadline(0x1_0000), Some(due + 10_000_000));
 }

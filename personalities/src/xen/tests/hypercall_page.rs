@@ -1,5 +1,5 @@
 use polyvisor_config::XenConfig;
-use polyvisor_core::testing::Effect;
+use polyvisor_core::testing::{Effect, RecordingPlatform};
 use polyvisor_core::{Dispatch, HypercallInstruction, MsrRead, MsrWrite, PlatformError, Policy};
 
 use crate::xen::hypercall_page::contents;
@@ -87,54 +87,12 @@ fn reads_are_zero_and_other_msrs_are_not_ours() {
 
 #[test]
 fn protection_failure_is_gp_but_unsupported_is_fine() {
-    struct Refusing(crate::xen::testutil::TestPlatform, PlatformError);
-    impl polyvisor_core::Platform for Refusing {
-        fn console_write(&self, v: u32, b: &[u8]) {
-            self.0.console_write(v, b)
-        }
-        fn console_read(&self, b: &mut [u8]) -> usize {
-            self.0.console_read(b)
-        }
-        fn vcpu_count(&self) -> u32 {
-            self.0.vcpu_count()
-        }
-        fn yield_now(&self, v: u32, t: Option<u32>) {
-            self.0.yield_now(v, t)
-        }
-        fn wake(&self, t: u32) -> Result<bool, PlatformError> {
-            self.0.wake(t)
-        }
-        fn interrupt(&self, t: u32, v: u8) -> Result<(), PlatformError> {
-            self.0.interrupt(t, v)
-        }
-        fn monotonic_ns(&self) -> u64 {
-            self.0.monotonic_ns()
-        }
-        fn wall_clock(&self) -> (i64, u32) {
-            self.0.wall_clock()
-        }
-        fn guest_tsc(&self) -> u64 {
-            self.0.guest_tsc()
-        }
-        fn tsc_khz(&self) -> Option<u64> {
-            self.0.tsc_khz()
-        }
-        fn probe_fired(&self, e: &polyvisor_core::ProbeEvent<'_>) {
-            self.0.probe_fired(e)
-        }
-        fn map_overlay(&self, s: u32, p: Option<(u64, &[u8])>) -> Result<(), PlatformError> {
-            self.0.map_overlay(s, p)
-        }
-        fn protect_code(&self, _: u64, _: u64) -> Result<(), PlatformError> {
-            Err(self.1.clone())
-        }
-    }
     let vm = Vm::new();
     for (error, answer) in [
         (PlatformError::Unsupported("no need"), MsrWrite::Done),
         (PlatformError::Failed("no slot".into()), MsrWrite::Gp),
     ] {
-        let platform = Refusing(crate::xen::testutil::TestPlatform::new(1), error);
+        let platform = RecordingPlatform::new(1).failing_protect_code(error);
         let ctx = polyvisor_core::MsrContext { vcpu: 0, memory: &vm.mem, platform: &platform };
         assert_eq!(vm.engine.write_msr(&ctx, 0x4000_0000, 0x4000), answer);
     }

@@ -195,7 +195,7 @@ fn memory_map_native() {
 #[test]
 fn memory_map_is_the_vmms_boot_map() {
     let mut vm = Vm::new();
-    vm.platform.e820 = Some(vec![(0, 0x10_0000, 2), (0x10_0000, 0x10_0000, 1)]);
+    vm.platform.memory_map = Some(vec![(0, 0x10_0000, 2), (0x10_0000, 0x10_0000, 1)]);
     let mut m = [0u8; 16];
     m[..4].copy_from_slice(&8u32.to_le_bytes());
     m[8..].copy_from_slice(&0x7000u64.to_le_bytes());
@@ -212,7 +212,7 @@ fn memory_map_is_the_vmms_boot_map() {
     vm.write(ARG, &0x7ff0u16.to_le_bytes());
     assert_eq!(vm.rax64(NR, &[3, ARG]), 512);
     // An empty map from the VMM: derived from guest memory.
-    vm.platform.e820 = Some(Vec::new());
+    vm.platform.memory_map = Some(Vec::new());
     vm.write(ARG, &m);
     assert_eq!(vm.rax64(NR, &[9, ARG]), 0);
     assert_eq!(vm.u32_at(ARG), 1);

@@ -114,7 +114,7 @@ fn poll_validates_then_halts_until_the_timeout() {
 #[test]
 fn poll_without_a_platform_timer_returns_at_once() {
     let mut vm = Vm::new();
-    vm.platform.halts = None;
+    vm.platform.halt_log = None;
     assert_eq!(crate::xen::testutil::rax(&poll64(&vm, 0, 0, 5_000)), 0);
     assert_eq!(poll64(&vm, 0, 0, 0).next, Next::Halt);
 }

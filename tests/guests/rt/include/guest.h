@@ -181,8 +181,18 @@ __noreturn void panic(const char *fmt, ...) __printf(1, 2);
 bool check_eq(const char *what, u64 got, u64 want);            /* values, printed in hex */
 bool check_true(const char *what, bool ok, const char *got_fmt, ...) __printf(3, 4);
 bool check_fault(const char *what, int got_vector, int want_vector); /* 0 = no fault */
+/* Free text: "<what>|<details>", the details (after the first '|', optional) printed only on
+   failure ("FAIL <what>: <details>"), so that passing lines stay short. */
+bool check(bool ok, const char *fmt, ...) __printf(2, 3);
+u32 checks_passed_so_far(void);
 u32 checks_failed_so_far(void);
 int check_summary(void);
+/* check_summary() with formatted text after "M failed" on the same line. */
+int check_summary_with(const char *fmt, ...) __printf(1, 2);
+/* Check lines go to `write` (whole lines, newline included) instead of the console while it
+   returns true; false (or NULL) falls back to the console. */
+typedef bool (*check_output_fn)(const char *line, size_t len);
+void check_set_output(check_output_fn write);
 
 /* ------------------------------------------------------------- strings */
 void *memcpy(void *d, const void *s, size_t n);
