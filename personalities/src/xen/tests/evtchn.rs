@@ -267,3 +267,32 @@ fn later_host_input_arrives_by_the_poll_timer() {
     assert!(pending(&vm, 2));
     assert_eq!(vm.platform.inner.timer_deadline(0x1_0000), Some(due + 10_000_000));
 }
+
+#[test]
+fn closing_a_global_virq_moved_to_another_vcpu_frees_its_binding() {
+    use crate::xen::abi::virq::{VIRQ_CONSOLE, VIRQ_TIMER};
+    use crate::xen::evtchn::Table;
+    let mut t = Table::new(2, 3);
+    let port = t.bind_virq(VIRQ_CONSOLE, 0).unwrap();
+    t.bind_vcpu(port, 1).unwrap();
+    assert_eq!(t.status(port).unwrap().1, 1, "notifies vCPU 1");
+    t.close(port).unwrap();
+    // evtchn_close clears the VIRQ wherever it is bound: it can be bound again, and a VIRQ
+    // sent now finds no port (not the freed one, which a later bind may reuse).
+    assert_eq!(t.virq_port(0, VIRQ_CONSOLE), None);
+    let again = t.bind_virq(VIRQ_CONSOLE, 0).unwrap();
+    assert_eq!(t.virq_port(0, VIRQ_CONSOLE), Some(again));
+    // Per-vCPU VIRQs stay on their vCPU.
+    let timer = t.bind_virq(VIRQ_TIMER, 1).unwrap();
+    assert_eq!(t.bind_vcpu(timer, 0), Err(EINVAL));
+}
+
+#[test]
+fn bind_virq_checks_the_virq_before_the_vcpu() {
+    let vm = vm();
+    // evtchn_bind_virq: a VIRQ past NR_VIRQS, or a global VIRQ on a vCPU other than 0, is
+    // -EINVAL before the vCPU is looked up (-ENOENT).
+    assert_eq!(op(&vm, 1, &[99, 7, 0]).0, e(EINVAL), "bad VIRQ, no such vCPU");
+    assert_eq!(op(&vm, 1, &[3, 7, 0]).0, e(EINVAL), "global VIRQ, no such vCPU");
+    assert_eq!(op(&vm, 1, &[0, 7, 0]).0, e(ENOENT), "per-vCPU VIRQ, no such vCPU");
+}
