@@ -120,8 +120,10 @@ type Tree = BTreeMap<String, Node>;
 
 #[derive(Debug, Clone)]
 struct Watch {
-    /// As the guest gave it (relative paths are reported relative).
-    path: String,
+    /// The watched node made absolute (xenstored's `canonicalize`), or an `@` special path.
+    node: String,
+    /// Given relative: events report paths relative to the domain's home.
+    relative: bool,
     token: String,
 }
 
@@ -454,19 +456,17 @@ impl XenStore {
                 let [path, token] = args.as_slice() else {
                     return Err("EINVAL");
                 };
-                if !path.starts_with('@') {
-                    self.absolute(path)?;
-                } else if path.len() > XENSTORE_ABS_PATH_MAX {
-                    return Err("EINVAL");
-                }
-                if self.watches.iter().any(|w| &w.path == path && &w.token == token) {
+                let node = self.watch_node(path)?;
+                if self.watches.iter().any(|w| w.node == node && &w.token == token) {
                     return Err("EEXIST");
                 }
                 if self.watches.len() >= MAX_WATCHES {
                     return Err("E2BIG");
                 }
-                self.watches.push(Watch { path: path.clone(), token: token.clone() });
-                // A new watch fires once at once (docs/misc/xenstore.txt).
+                let relative = !path.starts_with('/') && !path.starts_with('@');
+                self.watches.push(Watch { node, relative, token: token.clone() });
+                // A new watch fires once at once (docs/misc/xenstore.txt), with the path as
+                // given.
                 fired.push((path.clone(), token.clone()));
                 Ok(OK.to_vec())
             }
@@ -474,8 +474,9 @@ impl XenStore {
                 let [path, token] = args.as_slice() else {
                     return Err("EINVAL");
                 };
+                let node = self.watch_node(path)?;
                 let before = self.watches.len();
-                self.watches.retain(|w| !(&w.path == path && &w.token == token));
+                self.watches.retain(|w| !(w.node == node && &w.token == token));
                 if self.watches.len() == before {
                     return Err("ENOENT");
                 }
@@ -571,25 +572,39 @@ impl XenStore {
         }
     }
 
-    /// Watches on `path`, on a node above it, or (for a removal) below it fire, reporting
-    /// the changed path relative when the watch was relative.
+    /// Watches on `path` or on a node above it fire with `path`; for a removal, watches
+    /// below it fire with their own node (xenstored's `fire_watches`). A relative watch's
+    /// event path is relative to the domain's home.
     fn fire(&self, path: &str, recursive: bool, fired: &mut Vec<(String, String)>) {
-        let home = format!("{}/", self.home());
+        let home = self.home();
         for w in &self.watches {
-            if w.path.starts_with('@') {
+            if w.node.starts_with('@') {
                 continue;
             }
-            let relative = !w.path.starts_with('/');
-            let wpath = if relative { format!("{home}{}", w.path) } else { w.path.clone() };
-            let hit = is_within(path, &wpath) || (recursive && is_within(&wpath, path));
-            if !hit {
+            let name = if is_within(path, &w.node) {
+                path
+            } else if recursive && is_within(&w.node, path) {
+                w.node.as_str()
+            } else {
                 continue;
-            }
-            let shown = match path.strip_prefix(&home) {
-                Some(rest) if relative => rest.to_string(),
-                _ => path.to_string(),
             };
-            fired.push((shown, w.token.clone()));
+            let shown = match name.strip_prefix(&home) {
+                Some(rest) if w.relative => rest.strip_prefix('/').unwrap_or(rest),
+                _ => name,
+            };
+            fired.push((shown.to_string(), w.token.clone()));
+        }
+    }
+
+    /// A watch's node: an `@` special path as it is, any other made absolute.
+    fn watch_node(&self, path: &str) -> Result<String, &'static str> {
+        if path.starts_with('@') {
+            if path.len() > XENSTORE_REL_PATH_MAX {
+                return Err("EINVAL");
+            }
+            Ok(path.to_string())
+        } else {
+            self.absolute(path)
         }
     }
 

@@ -133,3 +133,53 @@ fn arbitrary_ring_contents_end_without_a_hang() {
     let mut short = [0u8; 100];
     assert_eq!(xs().process_ring(&mut short[..]).error, Some(RingError::Fault));
 }
+
+/// The watch events in a response, as `(path, token)`.
+fn events(out: &[u8]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + HEADER_LEN <= out.len() {
+        let word =
+            |i: usize| u32::from_le_bytes(out[at + i * 4..at + i * 4 + 4].try_into().unwrap());
+        let len = word(3) as usize;
+        let body = &out[at + HEADER_LEN..at + HEADER_LEN + len];
+        if word(0) == XS_WATCH_EVENT {
+            let parts: Vec<_> = body.split(|&b| b == 0).collect();
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            found.push((text(parts[0]), text(parts[1])));
+        }
+        at += HEADER_LEN + len;
+    }
+    found
+}
+
+#[test]
+fn removing_a_directory_fires_watches_below_it_with_their_own_path() {
+    let mut x = xs();
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/a/b/c/d\0v").1, b"OK\0");
+    x.request(&encode(XS_WATCH, 1, 0, b"/local/domain/3/data/a/b/c\0abs\0"));
+    x.request(&encode(XS_WATCH, 1, 0, b"data/a/b\0rel\0"));
+    x.request(&encode(XS_WATCH, 1, 0, b"data\0above\0"));
+    // xenstored's fire_watches(recurse): a watch below the removed node reports its own
+    // node (the node it watches is gone), a watch above reports the removed node.
+    let mut got = events(&x.request(&encode(XS_RM, 2, 0, b"data/a\0")));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("/local/domain/3/data/a/b/c".to_string(), "abs".to_string()),
+            ("data/a".to_string(), "above".to_string()),
+            ("data/a/b".to_string(), "rel".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn watches_are_the_same_relative_or_absolute() {
+    let mut x = xs();
+    assert_eq!(ask(&mut x, XS_WATCH, 0, b"data\0t\0").1, b"OK\0");
+    // xenstored canonicalizes the path: the same node and token is the same watch.
+    assert_eq!(ask(&mut x, XS_WATCH, 0, b"/local/domain/3/data\0t\0").1, b"EEXIST\0");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"/local/domain/3/data\0t\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0t\0").1, b"ENOENT\0");
+}
