@@ -442,7 +442,8 @@ fn mark_events_pending(
 
 /// Wakes `vcpu` if it is blocked in `SCHEDOP_block` or `SCHEDOP_poll`.
 fn wake_blocked(state: &State, platform: &dyn Platform, vcpu: u32) {
-    if state.vcpu(vcpu).is_some_and(|v| v.blocked.swap(false, Ordering::AcqRel)) {
+    // SeqCst: ordered after the pending bit's or flag's update (see sched.rs's poll).
+    if state.vcpu(vcpu).is_some_and(|v| v.blocked.swap(false, Ordering::SeqCst)) {
         let _ = platform.wake(vcpu);
     }
 }
@@ -469,7 +470,7 @@ pub fn set_pending(
     }
     // evtchn_check_pollers: every vCPU blocked in a poll looks again.
     for v in 0..state.vcpus.len() as u32 {
-        if state.vcpu(v).is_some_and(|s| s.polling.load(Ordering::Acquire)) {
+        if state.vcpu(v).is_some_and(|s| s.polling.load(Ordering::SeqCst)) {
             wake_blocked(state, platform, v);
         }
     }
