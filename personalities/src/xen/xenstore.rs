@@ -186,11 +186,15 @@ impl XenStore {
             dropped_events: 0,
         };
         let home = xs.home();
+        // What is above the domain belongs to domain 0, which alone may read or write it.
+        xs.tree.insert("/".into(), Node { value: Vec::new(), perms: perms(0) });
+        for (path, value) in [("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")]
+        {
+            let _ = write_node(&mut xs.tree, path, value.as_bytes().to_vec(), 0);
+        }
         let mut put = |path: String, value: String| {
             let _ = write_node(&mut xs.tree, &path, value.into_bytes(), domid);
         };
-        put("/local/domain/0/name".into(), "Domain-0".into());
-        put("/local/domain/0/domid".into(), "0".into());
         put(format!("{home}/name"), format!("polyvisor-{domid}"));
         put(format!("{home}/domid"), domid.to_string());
         put(format!("{home}/memory/target"), memory_kib.to_string());
@@ -204,12 +208,6 @@ impl XenStore {
         put(format!("{home}/store/port"), XENSTORE_PORT.to_string());
         for dir in ["device", "control", "data"] {
             put(format!("{home}/{dir}"), String::new());
-        }
-        // What is above the domain belongs to domain 0.
-        for p in ["/", "/local", "/local/domain", "/local/domain/0"] {
-            if let Some(n) = xs.tree.get_mut(p) {
-                n.perms = perms(0);
-            }
         }
         xs
     }
@@ -395,6 +393,9 @@ impl XenStore {
                 let path = self.absolute(&one()?)?;
                 let tree = self.tree_for(tx_id)?;
                 let node = tree.get(&path).ok_or("ENOENT")?;
+                if !access(&node.perms, self.domid).read {
+                    return Err("EACCES");
+                }
                 Ok(match kind {
                     XS_READ => node.value.clone(),
                     XS_GET_PERMS => node.perms.clone(),
@@ -408,7 +409,9 @@ impl XenStore {
                 let path = self.absolute(std::str::from_utf8(raw).map_err(|_| "EINVAL")?)?;
                 let value = payload.get(cut + 1..).unwrap_or(&[]).to_vec();
                 let domid = self.domid;
-                write_node(self.tree_mut(tx_id)?, &path, value, domid)?;
+                let tree = self.tree_mut(tx_id)?;
+                may_write(tree, &path, domid)?;
+                write_node(tree, &path, value, domid)?;
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
             }
@@ -416,6 +419,8 @@ impl XenStore {
                 let path = self.absolute(&one()?)?;
                 let domid = self.domid;
                 let tree = self.tree_mut(tx_id)?;
+                // An existing node must be writable too (xenstored's do_mkdir).
+                may_write(tree, &path, domid)?;
                 if !tree.contains_key(&path) {
                     write_node(tree, &path, Vec::new(), domid)?;
                     self.changed(tx_id, path, false, fired);
@@ -427,8 +432,13 @@ impl XenStore {
                 if path == "/" {
                     return Err("EINVAL");
                 }
+                let domid = self.domid;
                 let tree = self.tree_mut(tx_id)?;
-                if !tree.contains_key(&path) {
+                if let Some(node) = tree.get(&path) {
+                    if !access(&node.perms, domid).write {
+                        return Err("EACCES");
+                    }
+                } else {
                     // xenstored: removing a missing node whose parent exists is fine.
                     return if tree.contains_key(&parent(&path)) {
                         Ok(OK.to_vec())
@@ -447,7 +457,18 @@ impl XenStore {
                     return Err("EINVAL");
                 }
                 let path = self.absolute(first)?;
+                let domid = self.domid;
                 let node = self.tree_mut(tx_id)?.get_mut(&path).ok_or("ENOENT")?;
+                // Only the owner may; it may not give the node away (xenstored's
+                // do_set_perms for an unprivileged domain).
+                if owner(&node.perms) != Some(domid) {
+                    return Err("EACCES");
+                }
+                if rest.first().and_then(|p| p.get(1..)).and_then(|id| id.parse().ok())
+                    != Some(domid)
+                {
+                    return Err("EPERM");
+                }
                 node.perms = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
@@ -642,7 +663,69 @@ fn parent(path: &str) -> String {
     }
 }
 
-/// Writes `path` (creating missing parents with empty values); `ENOSPC` past [`MAX_NODES`].
+/// What a domain may do with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Access {
+    read: bool,
+    write: bool,
+}
+
+/// The permission entries of `perms` (`n<dom>\0r<dom>\0...`) as `(letter, domain)`.
+fn entries(perms: &[u8]) -> impl Iterator<Item = (u8, Option<u16>)> + '_ {
+    perms.split(|&b| b == 0).filter(|e| !e.is_empty()).map(|e| {
+        let id = std::str::from_utf8(e.get(1..).unwrap_or(&[])).ok().and_then(|s| s.parse().ok());
+        (e.first().copied().unwrap_or(b'n'), id)
+    })
+}
+
+/// The node's owner: the first entry's domain.
+fn owner(perms: &[u8]) -> Option<u16> {
+    entries(perms).next().and_then(|(_, id)| id)
+}
+
+/// xenstored's `perm_for_conn` for an unprivileged domain: the owner may do anything; else
+/// the entry naming the domain applies, else the first entry's letter (everyone else).
+fn access(perms: &[u8], domid: u16) -> Access {
+    let mut all = entries(perms);
+    let Some((default, first)) = all.next() else {
+        return Access { read: false, write: false };
+    };
+    if first == Some(domid) {
+        return Access { read: true, write: true };
+    }
+    let letter = all.find(|&(_, id)| id == Some(domid)).map_or(default, |(l, _)| l);
+    Access { read: matches!(letter, b'r' | b'b'), write: matches!(letter, b'w' | b'b') }
+}
+
+/// Whether `domid` may write `path`: the node if it exists, else the nearest node above it
+/// (where the new nodes would be created); `EACCES` if not.
+fn may_write(tree: &Tree, path: &str, domid: u16) -> Result<(), &'static str> {
+    let mut p = path.to_string();
+    // Bounded: each step is one component shorter, and "/" ends it.
+    loop {
+        if let Some(node) = tree.get(&p) {
+            return if access(&node.perms, domid).write { Ok(()) } else { Err("EACCES") };
+        }
+        if p == "/" {
+            return Ok(());
+        }
+        p = parent(&p);
+    }
+}
+
+/// The permissions of a node `owner` creates below one with `above`: a copy, owned by
+/// `owner` (xenstored: "Domains own what they create").
+fn inherited(above: Option<&[u8]>, owner: u16) -> Vec<u8> {
+    let mut out = perms(owner);
+    for e in above.unwrap_or(&[]).split(|&b| b == 0).filter(|e| !e.is_empty()).skip(1) {
+        out.extend_from_slice(e);
+        out.push(0);
+    }
+    out
+}
+
+/// Writes `path` (creating missing parents with empty values, with the permissions of the
+/// node above them, owned by `owner`); `ENOSPC` past [`MAX_NODES`].
 fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result<(), &'static str> {
     let mut missing = Vec::new();
     let mut p = path.to_string();
@@ -661,8 +744,13 @@ fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result
     if held + adding > MAX_STORE_BYTES {
         return Err("ENOSPC");
     }
+    let above = tree.get(&p).map(|n| n.perms.clone());
+    let new_perms = inherited(above.as_deref(), owner);
+    if held + adding + missing.len() * new_perms.len() > MAX_STORE_BYTES {
+        return Err("ENOSPC");
+    }
     for m in missing {
-        tree.insert(m, Node { value: Vec::new(), perms: perms(owner) });
+        tree.insert(m, Node { value: Vec::new(), perms: new_perms.clone() });
     }
     if let Some(n) = tree.get_mut(path) {
         n.value = value;

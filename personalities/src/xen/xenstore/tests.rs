@@ -183,3 +183,32 @@ fn watches_are_the_same_relative_or_absolute() {
     assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"/local/domain/3/data\0t\0").1, b"OK\0");
     assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0t\0").1, b"ENOENT\0");
 }
+
+#[test]
+fn permissions_are_enforced_for_the_guest() {
+    let mut x = xs();
+    // Domain 0's nodes ("n0": nobody else may read or write).
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"/local/domain/0/name\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_READ, 0, b"/local/domain/0/name\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_DIRECTORY, 0, b"/local\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"/local/domain/0/name\0me").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"/top/x\0v").1, b"EACCES\0", "a new node under /");
+    assert_eq!(x.read("/top"), None);
+    assert_eq!(ask(&mut x, XS_MKDIR, 0, b"/local\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_RM, 0, b"/local/domain/0\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"/local\0n3\0").1, b"EACCES\0");
+    assert!(x.read("/local/domain/0/name").is_some());
+    // The domain's own nodes: it may give others access but not the node away.
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"data\0n3\0r5\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"data\0n0\0").1, b"EPERM\0");
+    // Created parents inherit their parent's permissions, owned by their creator.
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/y\0v").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"data/x\0").1, b"n3\0r5\0");
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"data/x/y\0").1, b"n3\0r5\0");
+    // A node another domain owns, readable by this one: read yes, write no.
+    x.tree.get_mut("/local/domain/3/data/x").unwrap().perms = b"n0\0r3\0".to_vec();
+    assert_eq!(ask(&mut x, XS_READ, 0, b"data/x\0").1, b"");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x\0v").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/new\0v").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/y\0w").1, b"OK\0", "its own child");
+}
