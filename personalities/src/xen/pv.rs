@@ -183,6 +183,14 @@ fn arm_console_poll(state: &Arc<State>, platform: &dyn Platform) -> Result<(), (
     platform.set_timer(CONSOLE_TIMER, Some((at, fire))).map_err(|_| ())
 }
 
+/// The XenStore ring as xenstored leaves it at introduction: `server_features` filled in.
+/// Done when the guest asks where the ring is (`HVM_PARAM_STORE_PFN`), the first moment it
+/// can look; the VMM writes nothing into guest memory before the guest runs.
+pub fn announce_store(memory: &GuestMemoryMmap) {
+    let mut page = GuestPage { memory, gpa: XENSTORE_PFN * PAGE_SIZE };
+    let _ = super::xenstore::announce(&mut page);
+}
+
 /// The guest sent on a channel whose other end is VMM backend port `be`.
 pub fn backend_notified(
     state: &Arc<State>,

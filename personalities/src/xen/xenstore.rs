@@ -261,10 +261,7 @@ impl XenStore {
         ring: &mut (impl RingAccess + ?Sized),
         outcome: &mut RingOutcome,
     ) -> Result<(), RingError> {
-        ring.write_u32(
-            layout::SERVER_FEATURES,
-            XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR,
-        )?;
+        announce(ring)?;
         if ring.read_u32(layout::CONNECTION)? == XENSTORE_RECONNECT {
             self.reset_connection();
             for off in [layout::REQ_CONS, layout::REQ_PROD, layout::RSP_CONS, layout::RSP_PROD] {
@@ -786,6 +783,16 @@ fn strings(payload: &[u8]) -> Vec<String> {
     }
     let body = payload.get(..payload.len() - 1).unwrap_or(&[]);
     body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+/// Writes the ring's `server_features`: reconnection and the error field are offered.
+/// xenstored does it when it introduces the domain, so a guest sees them before its first
+/// request (docs/misc/xenstore-ring.txt: check the feature, then ask for a reconnection).
+pub fn announce(ring: &mut (impl RingAccess + ?Sized)) -> Result<(), RingError> {
+    ring.write_u32(
+        layout::SERVER_FEATURES,
+        XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR,
+    )
 }
 
 /// A wire message.

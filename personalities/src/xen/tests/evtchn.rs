@@ -296,3 +296,18 @@ fn bind_virq_checks_the_virq_before_the_vcpu() {
     assert_eq!(op(&vm, 1, &[3, 7, 0]).0, e(EINVAL), "global VIRQ, no such vCPU");
     assert_eq!(op(&vm, 1, &[0, 7, 0]).0, e(ENOENT), "per-vCPU VIRQ, no such vCPU");
 }
+
+#[test]
+fn the_xenstore_ring_offers_its_features_before_the_first_request() {
+    let vm = vm();
+    assert_eq!(vm.u32_at(0xfe000 + 2064), 0);
+    // HVMOP_get_param(HVM_PARAM_STORE_PFN): how the guest finds the ring.
+    let mut p = [0u8; 16];
+    p[0..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    p[4..8].copy_from_slice(&1u32.to_le_bytes());
+    vm.write(ARG, &p);
+    assert_eq!(vm.rax64(34, &[1, ARG]), 0);
+    assert_eq!(vm.u64_at(ARG + 8), 0xfe);
+    assert_eq!(vm.u32_at(0xfe000 + 2064), 3, "RECONNECTION | ERROR, as xenstored sets them");
+    assert_eq!(vm.u32_at(0xfe000 + 2068), 0, "XENSTORE_CONNECTED");
+}
