@@ -124,8 +124,12 @@ struct Watch {
     node: String,
     /// Given relative: events report paths relative to the domain's home.
     relative: bool,
-    token: String,
+    /// Opaque bytes, echoed as given.
+    token: Vec<u8>,
 }
+
+/// Watch events to send: `(path, token)`.
+type Fired = Vec<(Vec<u8>, Vec<u8>)>;
 
 #[derive(Debug)]
 struct Transaction {
@@ -358,9 +362,9 @@ impl XenStore {
             }
         };
         for (path, token) in fired {
-            let mut body = path.into_bytes();
+            let mut body = path;
             body.push(0);
-            body.extend_from_slice(token.as_bytes());
+            body.extend_from_slice(&token);
             body.push(0);
             if self.out.len() + out.len() + body.len() > OUT_MAX {
                 self.dropped_events += 1;
@@ -371,13 +375,7 @@ impl XenStore {
         out
     }
 
-    fn operation(
-        &mut self,
-        kind: u32,
-        tx_id: u32,
-        payload: &[u8],
-        fired: &mut Vec<(String, String)>,
-    ) -> XsResult {
+    fn operation(&mut self, kind: u32, tx_id: u32, payload: &[u8], fired: &mut Fired) -> XsResult {
         let args = strings(payload);
         let one = || -> Result<String, &'static str> {
             match args.as_slice() {
@@ -471,11 +469,13 @@ impl XenStore {
                 Ok(OK.to_vec())
             }
             XS_WATCH => {
-                let [path, token] = args.as_slice() else {
+                let raw = raw_strings(payload);
+                let (Some(raw_path), [path, _]) = (raw.first(), args.as_slice()) else {
                     return Err("EINVAL");
                 };
+                let token = watch_token(payload);
                 let node = self.watch_node(path)?;
-                if self.watches.iter().any(|w| w.node == node && &w.token == token) {
+                if self.watches.iter().any(|w| w.node == node && w.token == token) {
                     return Err("EEXIST");
                 }
                 if self.watches.len() >= MAX_WATCHES {
@@ -485,16 +485,17 @@ impl XenStore {
                 self.watches.push(Watch { node, relative, token: token.clone() });
                 // A new watch fires once at once (docs/misc/xenstore.txt), with the path as
                 // given.
-                fired.push((path.clone(), token.clone()));
+                fired.push((raw_path.to_vec(), token));
                 Ok(OK.to_vec())
             }
             XS_UNWATCH => {
-                let [path, token] = args.as_slice() else {
+                let [path, _] = args.as_slice() else {
                     return Err("EINVAL");
                 };
+                let token = watch_token(payload);
                 let node = self.watch_node(path)?;
                 let before = self.watches.len();
-                self.watches.retain(|w| !(w.node == node && &w.token == token));
+                self.watches.retain(|w| !(w.node == node && w.token == token));
                 if self.watches.len() == before {
                     return Err("ENOENT");
                 }
@@ -573,13 +574,7 @@ impl XenStore {
     }
 
     /// Notes a change: outside a transaction watches fire now, inside at commit.
-    fn changed(
-        &mut self,
-        tx_id: u32,
-        path: String,
-        recursive: bool,
-        fired: &mut Vec<(String, String)>,
-    ) {
+    fn changed(&mut self, tx_id: u32, path: String, recursive: bool, fired: &mut Fired) {
         if tx_id == 0 {
             self.generation += 1;
             self.fire(&path, recursive, fired);
@@ -593,7 +588,7 @@ impl XenStore {
     /// Watches on `path` or on a node above it fire with `path`; for a removal, watches
     /// below it fire with their own node (xenstored's `fire_watches`). A relative watch's
     /// event path is relative to the domain's home.
-    fn fire(&self, path: &str, recursive: bool, fired: &mut Vec<(String, String)>) {
+    fn fire(&self, path: &str, recursive: bool, fired: &mut Fired) {
         let home = self.home();
         for w in &self.watches {
             if w.node.starts_with('@') {
@@ -610,7 +605,7 @@ impl XenStore {
                 Some(rest) if w.relative => rest.strip_prefix('/').unwrap_or(rest),
                 _ => name,
             };
-            fired.push((shown.to_string(), w.token.clone()));
+            fired.push((shown.as_bytes().to_vec(), w.token.clone()));
         }
     }
 
@@ -775,14 +770,24 @@ fn valid_perm(p: &str) -> bool {
     matches!(chars.next(), Some('n' | 'r' | 'w' | 'b')) && chars.as_str().parse::<u16>().is_ok()
 }
 
-/// The NUL-terminated strings of a payload; a trailing unterminated piece makes the payload
-/// malformed (no strings).
-fn strings(payload: &[u8]) -> Vec<String> {
+/// The NUL-terminated strings of a payload, as bytes; a trailing unterminated piece makes the
+/// payload malformed (no strings).
+fn raw_strings(payload: &[u8]) -> Vec<&[u8]> {
     if payload.last() != Some(&0) {
         return Vec::new();
     }
     let body = payload.get(..payload.len() - 1).unwrap_or(&[]);
-    body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    body.split(|&b| b == 0).collect()
+}
+
+/// The NUL-terminated strings of a payload as text (paths, which must be ASCII anyway).
+fn strings(payload: &[u8]) -> Vec<String> {
+    raw_strings(payload).into_iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+/// The token of a `path\0token\0` payload, as its bytes.
+fn watch_token(payload: &[u8]) -> Vec<u8> {
+    raw_strings(payload).get(1).map_or_else(Vec::new, |t| t.to_vec())
 }
 
 /// Writes the ring's `server_features`: reconnection and the error field are offered.

@@ -212,3 +212,14 @@ fn permissions_are_enforced_for_the_guest() {
     assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/new\0v").1, b"EACCES\0");
     assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/y\0w").1, b"OK\0", "its own child");
 }
+
+#[test]
+fn watch_tokens_are_echoed_byte_for_byte() {
+    let mut x = xs();
+    // A token is opaque to xenstored: any bytes but NUL come back as they were given.
+    let out = x.request(&encode(XS_WATCH, 1, 0, b"data\0\xff\xfe tok\0"));
+    assert!(out.ends_with(b"data\0\xff\xfe tok\0"), "{out:?}");
+    let out = x.request(&encode(XS_WRITE, 2, 0, b"data/k\0v"));
+    assert!(out.ends_with(b"data/k\0\xff\xfe tok\0"), "{out:?}");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0\xff\xfe tok\0").1, b"OK\0");
+}
