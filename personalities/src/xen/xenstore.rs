@@ -536,6 +536,10 @@ impl XenStore {
                     if t.generation != self.generation {
                         return Err("EAGAIN");
                     }
+                    // One that changed nothing changes nothing: others still commit.
+                    if t.changed.is_empty() {
+                        return Ok(OK.to_vec());
+                    }
                     self.tree = t.tree;
                     self.generation += 1;
                     for (path, recursive) in t.changed {

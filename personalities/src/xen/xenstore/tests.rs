@@ -223,3 +223,18 @@ fn watch_tokens_are_echoed_byte_for_byte() {
     assert!(out.ends_with(b"data/k\0\xff\xfe tok\0"), "{out:?}");
     assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0\xff\xfe tok\0").1, b"OK\0");
 }
+
+#[test]
+fn a_transaction_that_changed_nothing_does_not_conflict_with_others() {
+    let mut x = xs();
+    let start = |x: &mut XenStore| {
+        let (_, id) = ask(x, XS_TRANSACTION_START, 0, b"\0");
+        std::str::from_utf8(&id[..id.len() - 1]).unwrap().parse::<u32>().unwrap()
+    };
+    let (reader, writer) = (start(&mut x), start(&mut x));
+    assert_eq!(ask(&mut x, XS_READ, reader, b"domid\0").1, b"3");
+    assert_eq!(ask(&mut x, XS_TRANSACTION_END, reader, b"T\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_WRITE, writer, b"data/w\0v").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_TRANSACTION_END, writer, b"T\0").1, b"OK\0");
+    assert_eq!(x.read("/local/domain/3/data/w"), Some(&b"v"[..]));
+}
