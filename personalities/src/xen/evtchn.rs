@@ -209,13 +209,8 @@ impl Table {
 
     /// `EVTCHNOP_bind_virq`. The caller checked `vcpu`.
     pub fn bind_virq(&mut self, virq: u32, vcpu: u32) -> Result<u32, u64> {
-        use super::abi::errno::{EEXIST, EINVAL, ENOENT};
-        if virq >= NR_VIRQS {
-            return Err(EINVAL);
-        }
-        if !super::abi::virq::is_per_vcpu(virq) && vcpu != 0 {
-            return Err(EINVAL);
-        }
+        use super::abi::errno::{EEXIST, ENOENT};
+        check_virq(virq, vcpu)?;
         let slot = self
             .virqs
             .get(vcpu as usize)
@@ -268,9 +263,12 @@ impl Table {
                 }
             }
             Binding::Virq(virq) => {
-                let vcpu = c.vcpu as usize;
-                if let Some(s) = self.virqs.get_mut(vcpu).and_then(|v| v.get_mut(virq as usize)) {
-                    *s = 0;
+                // Wherever it was bound: bind_vcpu moves a global VIRQ's port, not its slot
+                // (evtchn_close looks on every vCPU).
+                for slots in &mut self.virqs {
+                    if let Some(s) = slots.get_mut(virq as usize).filter(|s| **s == port) {
+                        *s = 0;
+                    }
                 }
             }
             Binding::Free | Binding::Unbound { .. } | Binding::Ipi => {}
@@ -312,6 +310,16 @@ impl Table {
             Binding::Virq(virq) => (EVTCHNSTAT_virq, c.vcpu, virq, 0),
             Binding::Ipi => (EVTCHNSTAT_ipi, c.vcpu, 0, 0),
         })
+    }
+}
+
+/// The checks `evtchn_bind_virq` makes before it looks the vCPU up: a VIRQ past
+/// `NR_VIRQS`, or a global VIRQ on a vCPU other than 0, is `-EINVAL`.
+pub fn check_virq(virq: u32, vcpu: u32) -> Result<(), u64> {
+    if virq >= NR_VIRQS || (!super::abi::virq::is_per_vcpu(virq) && vcpu != 0) {
+        Err(super::abi::errno::EINVAL)
+    } else {
+        Ok(())
     }
 }
 
@@ -434,7 +442,8 @@ fn mark_events_pending(
 
 /// Wakes `vcpu` if it is blocked in `SCHEDOP_block` or `SCHEDOP_poll`.
 fn wake_blocked(state: &State, platform: &dyn Platform, vcpu: u32) {
-    if state.vcpu(vcpu).is_some_and(|v| v.blocked.swap(false, Ordering::AcqRel)) {
+    // SeqCst: ordered after the pending bit's or flag's update (see sched.rs's poll).
+    if state.vcpu(vcpu).is_some_and(|v| v.blocked.swap(false, Ordering::SeqCst)) {
         let _ = platform.wake(vcpu);
     }
 }
@@ -461,7 +470,7 @@ pub fn set_pending(
     }
     // evtchn_check_pollers: every vCPU blocked in a poll looks again.
     for v in 0..state.vcpus.len() as u32 {
-        if state.vcpu(v).is_some_and(|s| s.polling.load(Ordering::Acquire)) {
+        if state.vcpu(v).is_some_and(|s| s.polling.load(Ordering::SeqCst)) {
             wake_blocked(state, platform, v);
         }
     }

@@ -88,17 +88,22 @@ pub fn drain_output(
 /// Free bytes in the guest's input ring; [`RingError::Index`] when `in_prod - in_cons` is
 /// more than `sizeof(in)`.
 pub fn input_room(ring: &(impl RingAccess + ?Sized)) -> Result<usize, RingError> {
+    input_indices(ring).map(|(room, _)| room)
+}
+
+/// `(free bytes, in_prod)` of the input ring, each index read once: the guest can rewrite
+/// them at any time, and the room must be measured from the producer index written at.
+fn input_indices(ring: &(impl RingAccess + ?Sized)) -> Result<(usize, u32), RingError> {
     let c = ring.read_u32(cons::IN_CONS)?;
     let p = ring.read_u32(cons::IN_PROD)?;
-    Ok((cons::IN_SIZE - ring::used(c, p, cons::IN_SIZE)?) as usize)
+    Ok(((cons::IN_SIZE - ring::used(c, p, cons::IN_SIZE)?) as usize, p))
 }
 
 /// Puts as much of `bytes` as fits into the guest's input ring and advances `in_prod`;
 /// returns how many. Malformed indices are [`RingError::Index`] and nothing is written.
 pub fn push_input(ring: &mut (impl RingAccess + ?Sized), bytes: &[u8]) -> Result<usize, RingError> {
-    let room = input_room(ring)?;
+    let (room, p) = input_indices(ring)?;
     let n = room.min(bytes.len());
-    let p = ring.read_u32(cons::IN_PROD)?;
     ring::copy_in(ring, cons::IN, cons::IN_SIZE, p, bytes.get(..n).unwrap_or(&[]))?;
     ring.write_u32(cons::IN_PROD, p.wrapping_add(n as u32))?;
     Ok(n)
@@ -176,6 +181,14 @@ fn arm_console_poll(state: &Arc<State>, platform: &dyn Platform) -> Result<(), (
     });
     let at = platform.monotonic_ns().saturating_add(CONSOLE_POLL_NS);
     platform.set_timer(CONSOLE_TIMER, Some((at, fire))).map_err(|_| ())
+}
+
+/// The XenStore ring as xenstored leaves it at introduction: `server_features` filled in.
+/// Done when the guest asks where the ring is (`HVM_PARAM_STORE_PFN`), the first moment it
+/// can look; the VMM writes nothing into guest memory before the guest runs.
+pub fn announce_store(memory: &GuestMemoryMmap) {
+    let mut page = GuestPage { memory, gpa: XENSTORE_PFN * PAGE_SIZE };
+    let _ = super::xenstore::announce(&mut page);
 }
 
 /// The guest sent on a channel whose other end is VMM backend port `be`.
@@ -290,5 +303,35 @@ mod tests {
         p[..].write_u32(cons::IN_PROD, 1025).unwrap();
         assert_eq!(push_input(&mut p[..], b"x"), Err(RingError::Index));
         assert_eq!(p[..].read_u32(cons::IN_PROD), Ok(1025));
+    }
+
+    /// A page whose `in_prod` the guest rewrites to 1000 right after the VMM first reads it.
+    struct Racing {
+        page: std::cell::RefCell<Vec<u8>>,
+    }
+
+    impl RingAccess for Racing {
+        fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+            let ok = self.page.borrow()[..].read(offset, buf);
+            if offset == cons::IN_PROD {
+                self.page.borrow_mut()[cons::IN_PROD..cons::IN_PROD + 4]
+                    .copy_from_slice(&1000u32.to_le_bytes());
+            }
+            ok
+        }
+        fn write(&mut self, offset: usize, buf: &[u8]) -> bool {
+            self.page.get_mut()[..].write(offset, buf)
+        }
+    }
+
+    #[test]
+    fn input_reads_each_index_once() {
+        let mut ring = Racing { page: std::cell::RefCell::new(page()) };
+        assert_eq!(push_input(&mut ring, &[b'x'; 100]), Ok(100));
+        // The room was measured from in_prod 0: the bytes go there, and in_prod never ends
+        // up more than sizeof(in) ahead of in_cons.
+        let p = ring.page.get_mut();
+        assert_eq!(p[..].read_u32(cons::IN_PROD), Ok(100));
+        assert_eq!(&p[..100], &[b'x'; 100]);
     }
 }

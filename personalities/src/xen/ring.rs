@@ -3,6 +3,8 @@
 //! memory ([`GuestPage`]) or in a plain byte buffer (unit tests, fuzzers). Every access is
 //! bounds-checked; an access past the page fails instead of touching anything.
 
+use std::sync::atomic::{fence, Ordering};
+
 use polyvisor_core::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -26,18 +28,26 @@ pub trait RingAccess {
     /// Writes `buf` at `offset` in the page; false (and nothing written) if out of range.
     fn write(&mut self, offset: usize, buf: &[u8]) -> bool;
 
-    /// The little-endian `u32` at `offset`.
+    /// The little-endian `u32` at `offset`: a ring index (or control field). Accesses that
+    /// follow are not moved before it (the `rmb()`/`mb()` after reading an index in
+    /// `io/ring.h` users: the data a producer index covers is read after it, and a consumer
+    /// index is read before the space it frees is overwritten).
     fn read_u32(&self, offset: usize) -> Result<u32, RingError> {
         let mut b = [0u8; 4];
-        if self.read(offset, &mut b) {
+        let ok = self.read(offset, &mut b);
+        fence(Ordering::Acquire);
+        if ok {
             Ok(u32::from_le_bytes(b))
         } else {
             Err(RingError::Fault)
         }
     }
 
-    /// Stores a little-endian `u32` at `offset`.
+    /// Stores a little-endian `u32` at `offset`: a ring index (or control field). Accesses
+    /// before it are not moved after it (the `wmb()`/`mb()` before publishing an index: the
+    /// data is written, or read, before the other side sees the index move).
     fn write_u32(&mut self, offset: usize, value: u32) -> Result<(), RingError> {
+        fence(Ordering::Release);
         if self.write(offset, &value.to_le_bytes()) {
             Ok(())
         } else {

@@ -120,10 +120,16 @@ type Tree = BTreeMap<String, Node>;
 
 #[derive(Debug, Clone)]
 struct Watch {
-    /// As the guest gave it (relative paths are reported relative).
-    path: String,
-    token: String,
+    /// The watched node made absolute (xenstored's `canonicalize`), or an `@` special path.
+    node: String,
+    /// Given relative: events report paths relative to the domain's home.
+    relative: bool,
+    /// Opaque bytes, echoed as given.
+    token: Vec<u8>,
 }
+
+/// Watch events to send: `(path, token)`.
+type Fired = Vec<(Vec<u8>, Vec<u8>)>;
 
 #[derive(Debug)]
 struct Transaction {
@@ -184,11 +190,15 @@ impl XenStore {
             dropped_events: 0,
         };
         let home = xs.home();
+        // What is above the domain belongs to domain 0, which alone may read or write it.
+        xs.tree.insert("/".into(), Node { value: Vec::new(), perms: perms(0) });
+        for (path, value) in [("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")]
+        {
+            let _ = write_node(&mut xs.tree, path, value.as_bytes().to_vec(), 0);
+        }
         let mut put = |path: String, value: String| {
             let _ = write_node(&mut xs.tree, &path, value.into_bytes(), domid);
         };
-        put("/local/domain/0/name".into(), "Domain-0".into());
-        put("/local/domain/0/domid".into(), "0".into());
         put(format!("{home}/name"), format!("polyvisor-{domid}"));
         put(format!("{home}/domid"), domid.to_string());
         put(format!("{home}/memory/target"), memory_kib.to_string());
@@ -202,12 +212,6 @@ impl XenStore {
         put(format!("{home}/store/port"), XENSTORE_PORT.to_string());
         for dir in ["device", "control", "data"] {
             put(format!("{home}/{dir}"), String::new());
-        }
-        // What is above the domain belongs to domain 0.
-        for p in ["/", "/local", "/local/domain", "/local/domain/0"] {
-            if let Some(n) = xs.tree.get_mut(p) {
-                n.perms = perms(0);
-            }
         }
         xs
     }
@@ -261,10 +265,7 @@ impl XenStore {
         ring: &mut (impl RingAccess + ?Sized),
         outcome: &mut RingOutcome,
     ) -> Result<(), RingError> {
-        ring.write_u32(
-            layout::SERVER_FEATURES,
-            XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR,
-        )?;
+        announce(ring)?;
         if ring.read_u32(layout::CONNECTION)? == XENSTORE_RECONNECT {
             self.reset_connection();
             for off in [layout::REQ_CONS, layout::REQ_PROD, layout::RSP_CONS, layout::RSP_PROD] {
@@ -361,9 +362,9 @@ impl XenStore {
             }
         };
         for (path, token) in fired {
-            let mut body = path.into_bytes();
+            let mut body = path;
             body.push(0);
-            body.extend_from_slice(token.as_bytes());
+            body.extend_from_slice(&token);
             body.push(0);
             if self.out.len() + out.len() + body.len() > OUT_MAX {
                 self.dropped_events += 1;
@@ -374,13 +375,7 @@ impl XenStore {
         out
     }
 
-    fn operation(
-        &mut self,
-        kind: u32,
-        tx_id: u32,
-        payload: &[u8],
-        fired: &mut Vec<(String, String)>,
-    ) -> XsResult {
+    fn operation(&mut self, kind: u32, tx_id: u32, payload: &[u8], fired: &mut Fired) -> XsResult {
         let args = strings(payload);
         let one = || -> Result<String, &'static str> {
             match args.as_slice() {
@@ -393,6 +388,9 @@ impl XenStore {
                 let path = self.absolute(&one()?)?;
                 let tree = self.tree_for(tx_id)?;
                 let node = tree.get(&path).ok_or("ENOENT")?;
+                if !access(&node.perms, self.domid).read {
+                    return Err("EACCES");
+                }
                 Ok(match kind {
                     XS_READ => node.value.clone(),
                     XS_GET_PERMS => node.perms.clone(),
@@ -406,7 +404,9 @@ impl XenStore {
                 let path = self.absolute(std::str::from_utf8(raw).map_err(|_| "EINVAL")?)?;
                 let value = payload.get(cut + 1..).unwrap_or(&[]).to_vec();
                 let domid = self.domid;
-                write_node(self.tree_mut(tx_id)?, &path, value, domid)?;
+                let tree = self.tree_mut(tx_id)?;
+                may_write(tree, &path, domid)?;
+                write_node(tree, &path, value, domid)?;
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
             }
@@ -414,6 +414,8 @@ impl XenStore {
                 let path = self.absolute(&one()?)?;
                 let domid = self.domid;
                 let tree = self.tree_mut(tx_id)?;
+                // An existing node must be writable too (xenstored's do_mkdir).
+                may_write(tree, &path, domid)?;
                 if !tree.contains_key(&path) {
                     write_node(tree, &path, Vec::new(), domid)?;
                     self.changed(tx_id, path, false, fired);
@@ -425,8 +427,13 @@ impl XenStore {
                 if path == "/" {
                     return Err("EINVAL");
                 }
+                let domid = self.domid;
                 let tree = self.tree_mut(tx_id)?;
-                if !tree.contains_key(&path) {
+                if let Some(node) = tree.get(&path) {
+                    if !access(&node.perms, domid).write {
+                        return Err("EACCES");
+                    }
+                } else {
                     // xenstored: removing a missing node whose parent exists is fine.
                     return if tree.contains_key(&parent(&path)) {
                         Ok(OK.to_vec())
@@ -445,37 +452,50 @@ impl XenStore {
                     return Err("EINVAL");
                 }
                 let path = self.absolute(first)?;
+                let domid = self.domid;
                 let node = self.tree_mut(tx_id)?.get_mut(&path).ok_or("ENOENT")?;
+                // Only the owner may; it may not give the node away (xenstored's
+                // do_set_perms for an unprivileged domain).
+                if owner(&node.perms) != Some(domid) {
+                    return Err("EACCES");
+                }
+                if rest.first().and_then(|p| p.get(1..)).and_then(|id| id.parse().ok())
+                    != Some(domid)
+                {
+                    return Err("EPERM");
+                }
                 node.perms = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
             }
             XS_WATCH => {
-                let [path, token] = args.as_slice() else {
+                let raw = raw_strings(payload);
+                let (Some(raw_path), [path, _]) = (raw.first(), args.as_slice()) else {
                     return Err("EINVAL");
                 };
-                if !path.starts_with('@') {
-                    self.absolute(path)?;
-                } else if path.len() > XENSTORE_ABS_PATH_MAX {
-                    return Err("EINVAL");
-                }
-                if self.watches.iter().any(|w| &w.path == path && &w.token == token) {
+                let token = watch_token(payload);
+                let node = self.watch_node(path)?;
+                if self.watches.iter().any(|w| w.node == node && w.token == token) {
                     return Err("EEXIST");
                 }
                 if self.watches.len() >= MAX_WATCHES {
                     return Err("E2BIG");
                 }
-                self.watches.push(Watch { path: path.clone(), token: token.clone() });
-                // A new watch fires once at once (docs/misc/xenstore.txt).
-                fired.push((path.clone(), token.clone()));
+                let relative = !path.starts_with('/') && !path.starts_with('@');
+                self.watches.push(Watch { node, relative, token: token.clone() });
+                // A new watch fires once at once (docs/misc/xenstore.txt), with the path as
+                // given.
+                fired.push((raw_path.to_vec(), token));
                 Ok(OK.to_vec())
             }
             XS_UNWATCH => {
-                let [path, token] = args.as_slice() else {
+                let [path, _] = args.as_slice() else {
                     return Err("EINVAL");
                 };
+                let token = watch_token(payload);
+                let node = self.watch_node(path)?;
                 let before = self.watches.len();
-                self.watches.retain(|w| !(&w.path == path && &w.token == token));
+                self.watches.retain(|w| !(w.node == node && w.token == token));
                 if self.watches.len() == before {
                     return Err("ENOENT");
                 }
@@ -516,6 +536,10 @@ impl XenStore {
                     if t.generation != self.generation {
                         return Err("EAGAIN");
                     }
+                    // One that changed nothing changes nothing: others still commit.
+                    if t.changed.is_empty() {
+                        return Ok(OK.to_vec());
+                    }
                     self.tree = t.tree;
                     self.generation += 1;
                     for (path, recursive) in t.changed {
@@ -554,13 +578,7 @@ impl XenStore {
     }
 
     /// Notes a change: outside a transaction watches fire now, inside at commit.
-    fn changed(
-        &mut self,
-        tx_id: u32,
-        path: String,
-        recursive: bool,
-        fired: &mut Vec<(String, String)>,
-    ) {
+    fn changed(&mut self, tx_id: u32, path: String, recursive: bool, fired: &mut Fired) {
         if tx_id == 0 {
             self.generation += 1;
             self.fire(&path, recursive, fired);
@@ -571,25 +589,39 @@ impl XenStore {
         }
     }
 
-    /// Watches on `path`, on a node above it, or (for a removal) below it fire, reporting
-    /// the changed path relative when the watch was relative.
-    fn fire(&self, path: &str, recursive: bool, fired: &mut Vec<(String, String)>) {
-        let home = format!("{}/", self.home());
+    /// Watches on `path` or on a node above it fire with `path`; for a removal, watches
+    /// below it fire with their own node (xenstored's `fire_watches`). A relative watch's
+    /// event path is relative to the domain's home.
+    fn fire(&self, path: &str, recursive: bool, fired: &mut Fired) {
+        let home = self.home();
         for w in &self.watches {
-            if w.path.starts_with('@') {
+            if w.node.starts_with('@') {
                 continue;
             }
-            let relative = !w.path.starts_with('/');
-            let wpath = if relative { format!("{home}{}", w.path) } else { w.path.clone() };
-            let hit = is_within(path, &wpath) || (recursive && is_within(&wpath, path));
-            if !hit {
+            let name = if is_within(path, &w.node) {
+                path
+            } else if recursive && is_within(&w.node, path) {
+                w.node.as_str()
+            } else {
                 continue;
-            }
-            let shown = match path.strip_prefix(&home) {
-                Some(rest) if relative => rest.to_string(),
-                _ => path.to_string(),
             };
-            fired.push((shown, w.token.clone()));
+            let shown = match name.strip_prefix(&home) {
+                Some(rest) if w.relative => rest.strip_prefix('/').unwrap_or(rest),
+                _ => name,
+            };
+            fired.push((shown.as_bytes().to_vec(), w.token.clone()));
+        }
+    }
+
+    /// A watch's node: an `@` special path as it is, any other made absolute.
+    fn watch_node(&self, path: &str) -> Result<String, &'static str> {
+        if path.starts_with('@') {
+            if path.len() > XENSTORE_REL_PATH_MAX {
+                return Err("EINVAL");
+            }
+            Ok(path.to_string())
+        } else {
+            self.absolute(path)
         }
     }
 
@@ -627,7 +659,69 @@ fn parent(path: &str) -> String {
     }
 }
 
-/// Writes `path` (creating missing parents with empty values); `ENOSPC` past [`MAX_NODES`].
+/// What a domain may do with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Access {
+    read: bool,
+    write: bool,
+}
+
+/// The permission entries of `perms` (`n<dom>\0r<dom>\0...`) as `(letter, domain)`.
+fn entries(perms: &[u8]) -> impl Iterator<Item = (u8, Option<u16>)> + '_ {
+    perms.split(|&b| b == 0).filter(|e| !e.is_empty()).map(|e| {
+        let id = std::str::from_utf8(e.get(1..).unwrap_or(&[])).ok().and_then(|s| s.parse().ok());
+        (e.first().copied().unwrap_or(b'n'), id)
+    })
+}
+
+/// The node's owner: the first entry's domain.
+fn owner(perms: &[u8]) -> Option<u16> {
+    entries(perms).next().and_then(|(_, id)| id)
+}
+
+/// xenstored's `perm_for_conn` for an unprivileged domain: the owner may do anything; else
+/// the entry naming the domain applies, else the first entry's letter (everyone else).
+fn access(perms: &[u8], domid: u16) -> Access {
+    let mut all = entries(perms);
+    let Some((default, first)) = all.next() else {
+        return Access { read: false, write: false };
+    };
+    if first == Some(domid) {
+        return Access { read: true, write: true };
+    }
+    let letter = all.find(|&(_, id)| id == Some(domid)).map_or(default, |(l, _)| l);
+    Access { read: matches!(letter, b'r' | b'b'), write: matches!(letter, b'w' | b'b') }
+}
+
+/// Whether `domid` may write `path`: the node if it exists, else the nearest node above it
+/// (where the new nodes would be created); `EACCES` if not.
+fn may_write(tree: &Tree, path: &str, domid: u16) -> Result<(), &'static str> {
+    let mut p = path.to_string();
+    // Bounded: each step is one component shorter, and "/" ends it.
+    loop {
+        if let Some(node) = tree.get(&p) {
+            return if access(&node.perms, domid).write { Ok(()) } else { Err("EACCES") };
+        }
+        if p == "/" {
+            return Ok(());
+        }
+        p = parent(&p);
+    }
+}
+
+/// The permissions of a node `owner` creates below one with `above`: a copy, owned by
+/// `owner` (xenstored: "Domains own what they create").
+fn inherited(above: Option<&[u8]>, owner: u16) -> Vec<u8> {
+    let mut out = perms(owner);
+    for e in above.unwrap_or(&[]).split(|&b| b == 0).filter(|e| !e.is_empty()).skip(1) {
+        out.extend_from_slice(e);
+        out.push(0);
+    }
+    out
+}
+
+/// Writes `path` (creating missing parents with empty values, with the permissions of the
+/// node above them, owned by `owner`); `ENOSPC` past [`MAX_NODES`].
 fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result<(), &'static str> {
     let mut missing = Vec::new();
     let mut p = path.to_string();
@@ -646,8 +740,13 @@ fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result
     if held + adding > MAX_STORE_BYTES {
         return Err("ENOSPC");
     }
+    let above = tree.get(&p).map(|n| n.perms.clone());
+    let new_perms = inherited(above.as_deref(), owner);
+    if held + adding + missing.len() * new_perms.len() > MAX_STORE_BYTES {
+        return Err("ENOSPC");
+    }
     for m in missing {
-        tree.insert(m, Node { value: Vec::new(), perms: perms(owner) });
+        tree.insert(m, Node { value: Vec::new(), perms: new_perms.clone() });
     }
     if let Some(n) = tree.get_mut(path) {
         n.value = value;
@@ -675,14 +774,34 @@ fn valid_perm(p: &str) -> bool {
     matches!(chars.next(), Some('n' | 'r' | 'w' | 'b')) && chars.as_str().parse::<u16>().is_ok()
 }
 
-/// The NUL-terminated strings of a payload; a trailing unterminated piece makes the payload
-/// malformed (no strings).
-fn strings(payload: &[u8]) -> Vec<String> {
+/// The NUL-terminated strings of a payload, as bytes; a trailing unterminated piece makes the
+/// payload malformed (no strings).
+fn raw_strings(payload: &[u8]) -> Vec<&[u8]> {
     if payload.last() != Some(&0) {
         return Vec::new();
     }
     let body = payload.get(..payload.len() - 1).unwrap_or(&[]);
-    body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    body.split(|&b| b == 0).collect()
+}
+
+/// The NUL-terminated strings of a payload as text (paths, which must be ASCII anyway).
+fn strings(payload: &[u8]) -> Vec<String> {
+    raw_strings(payload).into_iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+/// The token of a `path\0token\0` payload, as its bytes.
+fn watch_token(payload: &[u8]) -> Vec<u8> {
+    raw_strings(payload).get(1).map_or_else(Vec::new, |t| t.to_vec())
+}
+
+/// Writes the ring's `server_features`: reconnection and the error field are offered.
+/// xenstored does it when it introduces the domain, so a guest sees them before its first
+/// request (docs/misc/xenstore-ring.txt: check the feature, then ask for a reconnection).
+pub fn announce(ring: &mut (impl RingAccess + ?Sized)) -> Result<(), RingError> {
+    ring.write_u32(
+        layout::SERVER_FEATURES,
+        XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR,
+    )
 }
 
 /// A wire message.

@@ -402,11 +402,13 @@ static bool reply_is(u32 type, const char *body, u32 len)
 static void check_xenstore(void)
 {
     char want[64];
+    /* xenstored fills server_features when it introduces the domain, before any request. */
+    check(xs->server_features == 3,
+          "server_features before the first request: reconnection and error (got %u)",
+          xs->server_features);
     check(xs1(XS_READ, 0, "domid") && reply_is(XS_READ, want, (u32)gsnprintf(want, sizeof want,
                                                                              "%u", domid)),
           "read domid -> \"%s\" (got %s)", want, reply);
-    check(xs->server_features == 3, "server_features: reconnection and error (got %u)",
-          xs->server_features);
     gsnprintf(want, sizeof want, "/local/domain/%u", domid);
     char idbuf[8];
     gsnprintf(idbuf, sizeof idbuf, "%u", domid);
@@ -454,6 +456,11 @@ static void check_xenstore(void)
     check(xs1(XS_READ, 0, path) && reply_is(XS_ERROR, "ENOENT", 7), "read after rm -> ENOENT");
     check(xs1(XS_READ, 0, "bad//path") && reply_is(XS_ERROR, "EINVAL", 7),
           "a malformed path -> EINVAL");
+    /* Domain 0's nodes are "n0": no access for this domain. */
+    static const char dom0[] = "/local/domain/0/name";
+    check(xs_call(XS_WRITE, 0, dom0, sizeof dom0, "me", 2) && reply_is(XS_ERROR, "EACCES", 7),
+          "write %s -> EACCES", dom0);
+    check(xs1(XS_READ, 0, dom0) && reply_is(XS_ERROR, "EACCES", 7), "read %s -> EACCES", dom0);
 }
 
 /* Asks for a reconnection and checks the ring is back to its start. */

@@ -88,8 +88,10 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Result<u64, u64>, Fault> {
         EVTCHNOP_bind_virq => {
             let raw = g.read_array::<12>(arg)?;
             let (virq, vcpu) = (le::u32_at(&raw, 0), le::u32_at(&raw, 4));
-            match check_vcpu(xen, call, vcpu).and_then(|()| table(xen, |t| t.bind_virq(virq, vcpu)))
-            {
+            let bound = evtchn::check_virq(virq, vcpu)
+                .and_then(|()| check_vcpu(xen, call, vcpu))
+                .and_then(|()| table(xen, |t| t.bind_virq(virq, vcpu)));
+            match bound {
                 Ok(port) => put_port(&g, arg, 8, port).map(|()| Ok(0))?,
                 Err(e) => Err(e),
             }

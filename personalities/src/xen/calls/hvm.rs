@@ -8,7 +8,8 @@
 //!   may not touch `-EPERM`. Values follow `hvm_set_param` / `hvm_get_param`; parameters
 //!   nobody set read as 0. STORE_PFN, STORE_EVTCHN, CONSOLE_PFN and CONSOLE_EVTCHN are set
 //!   before the guest starts, as a toolstack does: they name the PV platform's rings and
-//!   channels ([`crate::xen::pv`]). `HVM_PARAM_CALLBACK_IRQ` of type 2 (a vector) is the
+//!   channels ([`crate::xen::pv`]); reading STORE_PFN also fills the XenStore ring's
+//!   `server_features`, as xenstored has by then. `HVM_PARAM_CALLBACK_IRQ` of type 2 (a vector) is the
 //!   upcall of vCPUs without their own vector.
 //! - `HVMOP_set_evtchn_upcall_vector` (`{ u32 vcpu; u8 vector; }`): vector below 0x10
 //!   `-EINVAL`, unknown vCPU `-ENOENT`; recorded, and the vector is raised once on that vCPU
@@ -163,6 +164,9 @@ fn param(xen: &Xen, call: &Call<'_>, set: bool, arg: u64) -> Result<Reply, Fault
     }
     if let Err(e) = allow_get(index) {
         return Ok(err(e));
+    }
+    if index == HVM_PARAM_STORE_PFN {
+        crate::xen::pv::announce_store(call.memory);
     }
     le::put(&mut raw, 8, &get_value(xen, index).to_le_bytes());
     g.write(arg, &raw)?;

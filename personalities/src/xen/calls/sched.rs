@@ -80,10 +80,14 @@ fn poll(xen: &Xen, call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
     }
     g.check(ports, nr_ports as usize * 4, false)?;
     let me = xen.state.vcpu(call.vcpu.vcpu);
-    // Poll first, then look: an event raised in between wakes the halt that follows.
+    // Poll first, then look: an event raised in between wakes the halt that follows. SeqCst
+    // on both sides (these stores and the pending bits' loads here; the pending bits'
+    // fetch_or and the flags' loads in evtchn::set_pending): with a Release store the load
+    // that follows could be done first (x86's store buffer), both sides would miss each
+    // other and the poll would sleep through the event.
     if let Some(v) = me {
-        v.polling.store(true, Ordering::Release);
-        v.blocked.store(true, Ordering::Release);
+        v.polling.store(true, Ordering::SeqCst);
+        v.blocked.store(true, Ordering::SeqCst);
     }
     let mut any = false;
     for i in 0..u64::from(nr_ports) {
@@ -139,8 +143,9 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
                 let mask = GuestAddress(info.wrapping_add(UPCALL_MASK_OFFSET));
                 let _ = call.memory.write_obj(0u8, mask);
             }
+            // SeqCst against the upcall flag's swap in evtchn::mark_events_pending (see poll).
             if let Some(v) = xen.state.vcpu(vcpu) {
-                v.blocked.store(true, Ordering::Release);
+                v.blocked.store(true, Ordering::SeqCst);
             }
             // vcpu_block: events waiting for delivery end the block at once.
             if evtchn::events_need_delivery(&xen.state, call.memory, vcpu) {

@@ -267,3 +267,66 @@ fn later_host_input_arrives_by_the_poll_timer() {
     assert!(pending(&vm, 2));
     assert_eq!(vm.platform.timer_deadline(0x1_0000), Some(due + 10_000_000));
 }
+
+#[test]
+fn closing_a_global_virq_moved_to_another_vcpu_frees_its_binding() {
+    use crate::xen::abi::virq::{VIRQ_CONSOLE, VIRQ_TIMER};
+    use crate::xen::evtchn::Table;
+    let mut t = Table::new(2, 3);
+    let port = t.bind_virq(VIRQ_CONSOLE, 0).unwrap();
+    t.bind_vcpu(port, 1).unwrap();
+    assert_eq!(t.status(port).unwrap().1, 1, "notifies vCPU 1");
+    t.close(port).unwrap();
+    // evtchn_close clears the VIRQ wherever it is bound: it can be bound again, and a VIRQ
+    // sent now finds no port (not the freed one, which a later bind may reuse).
+    assert_eq!(t.virq_port(0, VIRQ_CONSOLE), None);
+    let again = t.bind_virq(VIRQ_CONSOLE, 0).unwrap();
+    assert_eq!(t.virq_port(0, VIRQ_CONSOLE), Some(again));
+    // Per-vCPU VIRQs stay on their vCPU.
+    let timer = t.bind_virq(VIRQ_TIMER, 1).unwrap();
+    assert_eq!(t.bind_vcpu(timer, 0), Err(EINVAL));
+}
+
+#[test]
+fn bind_virq_checks_the_virq_before_the_vcpu() {
+    let vm = vm();
+    // evtchn_bind_virq: a VIRQ past NR_VIRQS, or a global VIRQ on a vCPU other than 0, is
+    // -EINVAL before the vCPU is looked up (-ENOENT).
+    assert_eq!(op(&vm, 1, &[99, 7, 0]).0, e(EINVAL), "bad VIRQ, no such vCPU");
+    assert_eq!(op(&vm, 1, &[3, 7, 0]).0, e(EINVAL), "global VIRQ, no such vCPU");
+    assert_eq!(op(&vm, 1, &[0, 7, 0]).0, e(ENOENT), "per-vCPU VIRQ, no such vCPU");
+}
+
+#[test]
+fn the_xenstore_ring_offers_its_features_before_the_first_request() {
+    let vm = vm();
+    assert_eq!(vm.u32_at(0xfe000 + 2064), 0);
+    // HVMOP_get_param(HVM_PARAM_STORE_PFN): how the guest finds the ring.
+    let mut p = [0u8; 16];
+    p[0..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    p[4..8].copy_from_slice(&1u32.to_le_bytes());
+    vm.write(ARG, &p);
+    assert_eq!(vm.rax64(34, &[1, ARG]), 0);
+    assert_eq!(vm.u64_at(ARG + 8), 0xfe);
+    assert_eq!(vm.u32_at(0xfe000 + 2064), 3, "RECONNECTION | ERROR, as xenstored sets them");
+    assert_eq!(vm.u32_at(0xfe000 + 2068), 0, "XENSTORE_CONNECTED");
+}
+
+#[test]
+fn set_timer_op_turns_a_huge_timeout_into_100_ms() {
+    let vm = vm();
+    vm.platform.set_now(1000);
+    // do_set_timer_op's Linux workaround: a timeout 2^50 ns or more ahead, or negative as
+    // an s_time_t, fires in 100 ms instead.
+    assert_eq!(vm.rax64(15, &[1000 + (1 << 50)]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + 100_000_000));
+    assert_eq!(vm.rax64(15, &[1 << 63]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + 100_000_000));
+    assert_eq!(vm.rax64(15, &[1000 + (1 << 50) - 1]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + (1 << 50) - 1));
+    // VCPUOP_set_singleshot_timer has no such workaround.
+    vm.write(ARG, &[0; 16]);
+    vm.write(ARG, &(1000u64 + (1 << 50)).to_le_bytes());
+    assert_eq!(vm.rax64(24, &[8, 0, ARG]), 0);
+    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + (1 << 50)));
+}

@@ -133,3 +133,108 @@ fn arbitrary_ring_contents_end_without_a_hang() {
     let mut short = [0u8; 100];
     assert_eq!(xs().process_ring(&mut short[..]).error, Some(RingError::Fault));
 }
+
+/// The watch events in a response, as `(path, token)`.
+fn events(out: &[u8]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + HEADER_LEN <= out.len() {
+        let word =
+            |i: usize| u32::from_le_bytes(out[at + i * 4..at + i * 4 + 4].try_into().unwrap());
+        let len = word(3) as usize;
+        let body = &out[at + HEADER_LEN..at + HEADER_LEN + len];
+        if word(0) == XS_WATCH_EVENT {
+            let parts: Vec<_> = body.split(|&b| b == 0).collect();
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            found.push((text(parts[0]), text(parts[1])));
+        }
+        at += HEADER_LEN + len;
+    }
+    found
+}
+
+#[test]
+fn removing_a_directory_fires_watches_below_it_with_their_own_path() {
+    let mut x = xs();
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/a/b/c/d\0v").1, b"OK\0");
+    x.request(&encode(XS_WATCH, 1, 0, b"/local/domain/3/data/a/b/c\0abs\0"));
+    x.request(&encode(XS_WATCH, 1, 0, b"data/a/b\0rel\0"));
+    x.request(&encode(XS_WATCH, 1, 0, b"data\0above\0"));
+    // xenstored's fire_watches(recurse): a watch below the removed node reports its own
+    // node (the node it watches is gone), a watch above reports the removed node.
+    let mut got = events(&x.request(&encode(XS_RM, 2, 0, b"data/a\0")));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("/local/domain/3/data/a/b/c".to_string(), "abs".to_string()),
+            ("data/a".to_string(), "above".to_string()),
+            ("data/a/b".to_string(), "rel".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn watches_are_the_same_relative_or_absolute() {
+    let mut x = xs();
+    assert_eq!(ask(&mut x, XS_WATCH, 0, b"data\0t\0").1, b"OK\0");
+    // xenstored canonicalizes the path: the same node and token is the same watch.
+    assert_eq!(ask(&mut x, XS_WATCH, 0, b"/local/domain/3/data\0t\0").1, b"EEXIST\0");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"/local/domain/3/data\0t\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0t\0").1, b"ENOENT\0");
+}
+
+#[test]
+fn permissions_are_enforced_for_the_guest() {
+    let mut x = xs();
+    // Domain 0's nodes ("n0": nobody else may read or write).
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"/local/domain/0/name\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_READ, 0, b"/local/domain/0/name\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_DIRECTORY, 0, b"/local\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"/local/domain/0/name\0me").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"/top/x\0v").1, b"EACCES\0", "a new node under /");
+    assert_eq!(x.read("/top"), None);
+    assert_eq!(ask(&mut x, XS_MKDIR, 0, b"/local\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_RM, 0, b"/local/domain/0\0").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"/local\0n3\0").1, b"EACCES\0");
+    assert!(x.read("/local/domain/0/name").is_some());
+    // The domain's own nodes: it may give others access but not the node away.
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"data\0n3\0r5\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"data\0n0\0").1, b"EPERM\0");
+    // Created parents inherit their parent's permissions, owned by their creator.
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/y\0v").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"data/x\0").1, b"n3\0r5\0");
+    assert_eq!(ask(&mut x, XS_GET_PERMS, 0, b"data/x/y\0").1, b"n3\0r5\0");
+    // A node another domain owns, readable by this one: read yes, write no.
+    x.tree.get_mut("/local/domain/3/data/x").unwrap().perms = b"n0\0r3\0".to_vec();
+    assert_eq!(ask(&mut x, XS_READ, 0, b"data/x\0").1, b"");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x\0v").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/new\0v").1, b"EACCES\0");
+    assert_eq!(ask(&mut x, XS_WRITE, 0, b"data/x/y\0w").1, b"OK\0", "its own child");
+}
+
+#[test]
+fn watch_tokens_are_echoed_byte_for_byte() {
+    let mut x = xs();
+    // A token is opaque to xenstored: any bytes but NUL come back as they were given.
+    let out = x.request(&encode(XS_WATCH, 1, 0, b"data\0\xff\xfe tok\0"));
+    assert!(out.ends_with(b"data\0\xff\xfe tok\0"), "{out:?}");
+    let out = x.request(&encode(XS_WRITE, 2, 0, b"data/k\0v"));
+    assert!(out.ends_with(b"data/k\0\xff\xfe tok\0"), "{out:?}");
+    assert_eq!(ask(&mut x, XS_UNWATCH, 0, b"data\0\xff\xfe tok\0").1, b"OK\0");
+}
+
+#[test]
+fn a_transaction_that_changed_nothing_does_not_conflict_with_others() {
+    let mut x = xs();
+    let start = |x: &mut XenStore| {
+        let (_, id) = ask(x, XS_TRANSACTION_START, 0, b"\0");
+        std::str::from_utf8(&id[..id.len() - 1]).unwrap().parse::<u32>().unwrap()
+    };
+    let (reader, writer) = (start(&mut x), start(&mut x));
+    assert_eq!(ask(&mut x, XS_READ, reader, b"domid\0").1, b"3");
+    assert_eq!(ask(&mut x, XS_TRANSACTION_END, reader, b"T\0").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_WRITE, writer, b"data/w\0v").1, b"OK\0");
+    assert_eq!(ask(&mut x, XS_TRANSACTION_END, writer, b"T\0").1, b"OK\0");
+    assert_eq!(x.read("/local/domain/3/data/w"), Some(&b"v"[..]));
+}
