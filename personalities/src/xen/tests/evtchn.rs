@@ -319,14 +319,14 @@ fn set_timer_op_turns_a_huge_timeout_into_100_ms() {
     // do_set_timer_op's Linux workaround: a timeout 2^50 ns or more ahead, or negative as
     // an s_time_t, fires in 100 ms instead.
     assert_eq!(vm.rax64(15, &[1000 + (1 << 50)]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + 100_000_000));
+    assert_eq!(vm.platform.timer_deadline(0), Some(1000 + 100_000_000));
     assert_eq!(vm.rax64(15, &[1 << 63]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + 100_000_000));
+    assert_eq!(vm.platform.timer_deadline(0), Some(1000 + 100_000_000));
     assert_eq!(vm.rax64(15, &[1000 + (1 << 50) - 1]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + (1 << 50) - 1));
+    assert_eq!(vm.platform.timer_deadline(0), Some(1000 + (1 << 50) - 1));
     // VCPUOP_set_singleshot_timer has no such workaround.
     vm.write(ARG, &[0; 16]);
     vm.write(ARG, &(1000u64 + (1 << 50)).to_le_bytes());
     assert_eq!(vm.rax64(24, &[8, 0, ARG]), 0);
-    assert_eq!(vm.platform.inner.timer_deadline(0), Some(1000 + (1 << 50)));
+    assert_eq!(vm.platform.timer_deadline(0), Some(1000 + (1 << 50)));
 }
