@@ -142,59 +142,69 @@ impl<P: Personality> Engine<P> {
             .map(|(_, row)| *row)
     }
 
-    /// The flow, returning the verdict beside the outcome. Inlined into both callers so the
-    /// untraced path stays what it was before tracing existed.
+    /// The flow; the verdict goes to `verdict`. Inlined into both callers so the untraced path
+    /// stays what it was before tracing existed: its verdict stores are dead and vanish, and
+    /// the outcome is built in the caller's return slot (a returned `(Outcome, Verdict)` pair
+    /// cost a copy of the outcome per call).
     #[inline(always)]
     fn run(
         &self,
         vcpu: &VcpuSnapshot,
         memory: &GuestMemoryMmap,
         platform: &dyn Platform,
-    ) -> (Outcome, Verdict) {
+        verdict: &mut Verdict,
+    ) -> Outcome {
         let p = &*self.personality;
         if !self.enabled {
             bump(&self.refusals.disabled);
-            return (p.refuse(vcpu, Refusal::Disabled), Verdict::Disabled);
+            *verdict = Verdict::Disabled;
+            return p.refuse(vcpu, Refusal::Disabled);
         }
         let input = match p.decode(vcpu) {
             Ok(input) => input,
             Err(answer) => {
                 bump(&self.refusals.malformed);
-                return (answer, Verdict::Malformed);
+                *verdict = Verdict::Malformed;
+                return answer;
             }
         };
         let number = input.number;
         let Some(i) = self.row_index(number) else {
             bump(&self.refusals.unknown);
-            return (p.refuse(vcpu, Refusal::Unknown { number }), Verdict::Unknown);
+            *verdict = Verdict::Unknown;
+            return p.refuse(vcpu, Refusal::Unknown { number });
         };
         let (Some(row), Some(counters)) = (p.table().get(i), self.counters.get(i)) else {
             bump(&self.refusals.unknown);
-            return (p.refuse(vcpu, Refusal::Unknown { number }), Verdict::Unknown);
+            *verdict = Verdict::Unknown;
+            return p.refuse(vcpu, Refusal::Unknown { number });
         };
         if !self.permitted.get(i).copied().unwrap_or(false) {
             bump(&counters.denied);
-            return (p.refuse(vcpu, Refusal::Denied { number }), Verdict::Denied);
+            *verdict = Verdict::Denied;
+            return p.refuse(vcpu, Refusal::Denied { number });
         }
         // Real mode has no rings; every caller there counts as ring 0.
         let cpl = if vcpu.mode == CpuMode::Real { 0 } else { vcpu.cpl };
         if !row.rings.allows(cpl) {
             bump(&counters.wrong_ring);
-            return (p.refuse(vcpu, Refusal::WrongRing { number, cpl }), Verdict::WrongRing);
+            *verdict = Verdict::WrongRing;
+            return p.refuse(vcpu, Refusal::WrongRing { number, cpl });
         }
         let Some(handler) = row.handler else {
             bump(&self.refusals.unknown);
-            return (p.refuse(vcpu, Refusal::Unimplemented { number }), Verdict::Unimplemented);
+            *verdict = Verdict::Unimplemented;
+            return p.refuse(vcpu, Refusal::Unimplemented { number });
         };
         let mut call = Call { input, vcpu, memory, platform };
         let reply = handler(p, &mut call);
         bump(&counters.calls);
-        let mut verdict = Verdict::Ok;
+        *verdict = Verdict::Ok;
         if matches!(reply, Reply::Error(_)) || matches!(&reply, Reply::Outcome(o) if o.is_fault()) {
             bump(&counters.errors);
-            verdict = Verdict::Error;
+            *verdict = Verdict::Error;
         }
-        (p.encode(vcpu, reply), verdict)
+        p.encode(vcpu, reply)
     }
 
     /// [`Engine::run`] with a trace event: the call is described before it runs (a handler
@@ -210,7 +220,8 @@ impl<P: Personality> Engine<P> {
     ) -> Outcome {
         let p = &*self.personality;
         let call = p.trace_call(vcpu, memory, platform);
-        let (start, (outcome, verdict)) = timed(sink, || self.run(vcpu, memory, platform));
+        let mut verdict = Verdict::Ok;
+        let (start, outcome) = timed(sink, || self.run(vcpu, memory, platform, &mut verdict));
         let elapsed_ns = elapsed_ns(start);
         sink.record(TraceEvent {
             time_ns: 0,
@@ -308,7 +319,7 @@ impl<P: Personality> Dispatch for Engine<P> {
         platform: &dyn Platform,
     ) -> Outcome {
         match self.trace.get() {
-            None => self.run(vcpu, memory, platform).0,
+            None => self.run(vcpu, memory, platform, &mut Verdict::Ok),
             Some(sink) => self.run_traced(&**sink, vcpu, memory, platform),
         }
     }

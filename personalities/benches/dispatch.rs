@@ -8,9 +8,12 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use polyvisor_config::Config;
 use polyvisor_core::testing::{memory, snapshot, RecordingPlatform};
-use polyvisor_core::{CallStats, HypervisorMode, MsrContext, Registers, TraceEvent, TraceSink};
+use polyvisor_core::{CallStats, HypervisorMode, MsrContext, TraceEvent, TraceSink};
 use polyvisor_personalities::{build, HostFacts};
 use strum::IntoEnumIterator;
+
+mod common;
+use common::cheapest;
 
 /// A sink that keeps nothing, or only the statistics.
 struct Drop {
@@ -26,20 +29,6 @@ impl TraceSink for Drop {
             s.add(&event);
         }
         black_box(event);
-    }
-}
-
-/// The cheapest real call of each ABI, as registers.
-fn cheapest(mode: HypervisorMode) -> Registers {
-    match mode {
-        // HYPERCALL_PROTOTYPE
-        HypervisorMode::Bhyve => Registers { rax: 0, ..Default::default() },
-        // KVM_HC_VAPIC_POLL_IRQ
-        HypervisorMode::Kvm => Registers { rax: 1, ..Default::default() },
-        // HvCallNotifyLongSpinWait, fast
-        HypervisorMode::Hyperv => Registers { rcx: 0x1_0008, rdx: 1, ..Default::default() },
-        // xen_version(XENVER_version)
-        HypervisorMode::Xen => Registers { rax: 17, rdi: 0, ..Default::default() },
     }
 }
 
