@@ -445,8 +445,15 @@ impl XenStore {
                     return Err("EINVAL");
                 }
                 let path = self.absolute(first)?;
-                let node = self.tree_mut(tx_id)?.get_mut(&path).ok_or("ENOENT")?;
-                node.perms = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
+                let perms: Vec<u8> = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
+                let tree = self.tree_mut(tx_id)?;
+                let old = tree.get(&path).ok_or("ENOENT")?.perms.len();
+                // Permissions count towards the store's bytes as values do.
+                if held(tree) - old + perms.len() > MAX_STORE_BYTES {
+                    return Err("ENOSPC");
+                }
+                let node = tree.get_mut(&path).ok_or("ENOENT")?;
+                node.perms = perms;
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
             }
@@ -627,6 +634,11 @@ fn parent(path: &str) -> String {
     }
 }
 
+/// Bytes of paths, values and permissions the tree holds.
+fn held(tree: &Tree) -> usize {
+    tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum()
+}
+
 /// Writes `path` (creating missing parents with empty values); `ENOSPC` past [`MAX_NODES`].
 fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result<(), &'static str> {
     let mut missing = Vec::new();
@@ -641,7 +653,7 @@ fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result
     if tree.len() + missing.len() > MAX_NODES {
         return Err("ENOSPC");
     }
-    let held: usize = tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum();
+    let held = held(tree);
     let adding: usize = missing.iter().map(|m| m.len() + 8).sum::<usize>() + value.len();
     if held + adding > MAX_STORE_BYTES {
         return Err("ENOSPC");
