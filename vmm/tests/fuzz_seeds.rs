@@ -25,6 +25,8 @@ use polyvisor_core::{
     CpuMode, CpuidLeaf, Dispatch, Gpr, GuestMemoryMmap, HypervisorMode, MsrContext, MsrRead,
     MsrWrite, Outcome, Platform, RefusalCounters, RowInfo, VcpuSnapshot,
 };
+use polyvisor_personalities::xen::pv::{cons, CONSOLE_PFN, XENSTORE_PFN};
+use polyvisor_personalities::xen::xenstore::{encode, layout, msg};
 use polyvisor_vmm::host::host_check;
 use polyvisor_vmm::{run, HostReport, RunOptions};
 use strum::IntoEnumIterator;
@@ -45,6 +47,8 @@ struct Recorder {
     ops: Mutex<Vec<Op>>,
     /// What was last recorded at each address, so unchanged memory is not repeated.
     seen: Mutex<HashMap<u64, Vec<u8>>>,
+    /// Each new state of the Xen PV ring pages, by frame, seen before a hypercall.
+    rings: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl Recorder {
@@ -72,6 +76,24 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Keeps the XenStore and console pages when the guest changed them: the rings' real
+    /// contents, for the `xenstore` and `console_ring` seeds.
+    fn ring_pages(&self, memory: &GuestMemoryMmap) {
+        let mut rings = self.rings.lock().unwrap();
+        for pfn in [XENSTORE_PFN, CONSOLE_PFN] {
+            let mut page = vec![0u8; 4096];
+            if memory.read_slice(&mut page, GuestAddress(pfn << 12)).is_err() {
+                continue;
+            }
+            let last = rings.iter().rev().find(|(p, _)| *p == pfn).map(|(_, b)| b);
+            if last != Some(&page) && page.iter().any(|&b| b != 0) {
+                rings.push((pfn, page));
+            }
+        }
+    }
+}
+
 impl Dispatch for Recorder {
     fn mode(&self) -> HypervisorMode {
         self.inner.mode()
@@ -84,6 +106,9 @@ impl Dispatch for Recorder {
     ) -> Outcome {
         let mut ops = Vec::new();
         self.memory_behind(vcpu, memory, &mut ops);
+        if self.inner.mode() == HypervisorMode::Xen {
+            self.ring_pages(memory);
+        }
         ops.push(Op::Hypercall(*vcpu));
         self.ops.lock().unwrap().extend(ops);
         self.inner.hypercall(vcpu, memory, platform)
@@ -132,20 +157,31 @@ fn guests() -> Vec<(&'static str, HypervisorMode, u32, String)> {
         ("xen_abi_pvh64", Xen, 1),
         ("xen_abi_pvh32", Xen, 1),
         ("xen_boot64", Xen, 1),
+        ("xen_pv64", Xen, 1),
     ] {
         g.push((image, mode, vcpus, String::new()));
     }
     g
 }
 
+/// What one guest run left: its calls cut into logs, and its ring pages' states.
+struct Recording {
+    logs: Vec<CallLog>,
+    rings: Vec<(u64, Vec<u8>)>,
+}
+
 /// Runs `image` and returns its recording cut into logs.
-fn record(image: &str, mode: HypervisorMode, vcpus: u32, cmdline: String) -> Vec<CallLog> {
+fn record(image: &str, mode: HypervisorMode, vcpus: u32, cmdline: String) -> Recording {
     static HOST: OnceLock<HostReport> = OnceLock::new();
     let host = HOST.get_or_init(host_check);
     let cfg = polyvisor_vmm::bench::vm_config(mode, vcpus, cmdline, host);
     let inner = polyvisor_personalities::build(&cfg.config, &host.facts()).unwrap();
-    let recorder =
-        Arc::new(Recorder { inner, ops: Mutex::new(Vec::new()), seen: Mutex::new(HashMap::new()) });
+    let recorder = Arc::new(Recorder {
+        inner,
+        ops: Mutex::new(Vec::new()),
+        seen: Mutex::new(HashMap::new()),
+        rings: Mutex::new(Vec::new()),
+    });
     let report = run(
         &cfg,
         RunOptions {
@@ -162,7 +198,9 @@ fn record(image: &str, mode: HypervisorMode, vcpus: u32, cmdline: String) -> Vec
     println!("{image}: {:?}, status {}", report.elapsed, report.exit_status);
     let ops = std::mem::take(&mut *recorder.ops.lock().unwrap());
     let pages = cfg.config.vm.memory_mib * 256;
-    ops.chunks(OPS_PER_FILE)
+    let rings = std::mem::take(&mut *recorder.rings.lock().unwrap());
+    let logs = ops
+        .chunks(OPS_PER_FILE)
         .take(FILES_PER_RUN)
         .enumerate()
         .map(|(i, chunk)| CallLog {
@@ -174,7 +212,8 @@ fn record(image: &str, mode: HypervisorMode, vcpus: u32, cmdline: String) -> Vec
             pages,
             ops: chunk.to_vec(),
         })
-        .collect()
+        .collect();
+    Recording { logs, rings }
 }
 
 /// ELF images cut after the last program header's file bytes (the section headers and
@@ -196,6 +235,81 @@ fn kernel_seed(image: &[u8], pages: u32) -> Vec<u8> {
     let mut seed = pages.to_le_bytes().to_vec();
     seed.extend_from_slice(&image[..end.min(image.len())]);
     seed
+}
+
+/// The ring targets' page write (fuzz/src/rings.rs): opcode 0, `u16` offset, `u16` length,
+/// bytes.
+fn poke(offset: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut op = vec![0];
+    op.extend_from_slice(&u16::try_from(offset).unwrap().to_le_bytes());
+    op.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_le_bytes());
+    op.extend_from_slice(bytes);
+    op
+}
+
+/// Ring page states kept per seed.
+const RING_STATES: usize = 24;
+
+/// `xenstore` seeds: the guest's ring states as page writes, each followed by a
+/// notification (opcode 3); `console_ring` seeds: the console page's states, each followed by
+/// a drain (1) and a push of host input (2).
+fn ring_seeds(image: &str, rings: &[(u64, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let (mut store, mut console) = (Vec::new(), Vec::new());
+    let states = |pfn| rings.iter().filter(move |(p, _)| *p == pfn).take(RING_STATES);
+    for (_, page) in states(XENSTORE_PFN) {
+        store.extend(poke(0, &page[..layout::ERROR + 4]));
+        store.push(3);
+    }
+    for (_, page) in states(CONSOLE_PFN) {
+        console.extend(poke(0, &page[..cons::OUT_PROD + 4]));
+        console.push(1);
+        console.extend([2, 5, 0]);
+        console.extend_from_slice(&image.as_bytes()[..5]);
+    }
+    (store, console)
+}
+
+/// Well-formed XenStore requests (read, write, mkdir, rm, directory, perms, watches, a
+/// committed and an aborted transaction) as `xenstore` seeds: once as raw messages (opcode 1),
+/// once through the ring after a reconnection (2), each placed at the start of the request
+/// ring with its indices and followed by a notification (3), which also reads the answers.
+fn xenstore_message_seeds() -> Vec<(String, Vec<u8>)> {
+    use msg::*;
+    let requests: &[(u32, u32, &[u8])] = &[
+        (XS_READ, 0, b"name\0"),
+        (XS_GET_DOMAIN_PATH, 0, b"1\0"),
+        (XS_WATCH, 0, b"device\0dev\0"),
+        (XS_WATCH, 0, b"@releaseDomain\0rel\0"),
+        (XS_MKDIR, 0, b"device/vif\0"),
+        (XS_WRITE, 0, b"device/vif/0/state\x004"),
+        (XS_DIRECTORY, 0, b"/local/domain/1\0"),
+        (XS_GET_PERMS, 0, b"device/vif/0\0"),
+        (XS_SET_PERMS, 0, b"device/vif/0\0n1\0r0\0"),
+        (XS_TRANSACTION_START, 0, b"\0"),
+        (XS_WRITE, 1, b"data/x\0in a transaction"),
+        (XS_READ, 1, b"data/x\0"),
+        (XS_TRANSACTION_END, 1, b"T\0"),
+        (XS_TRANSACTION_START, 0, b"\0"),
+        (XS_RM, 2, b"data\0"),
+        (XS_TRANSACTION_END, 2, b"F\0"),
+        (XS_RM, 0, b"device/vif\0"),
+        (XS_UNWATCH, 0, b"device\0dev\0"),
+        (XS_RESET_WATCHES, 0, b""),
+        (XS_READ, 0, b"/local/domain/1/no/such/node\0"),
+    ];
+    let (mut raw, mut ring) = (Vec::new(), vec![2]);
+    for (i, (kind, tx_id, body)) in requests.iter().enumerate() {
+        let m = encode(*kind, i as u32 + 1, *tx_id, body);
+        raw.push(1);
+        raw.extend_from_slice(&u16::try_from(m.len()).unwrap().to_le_bytes());
+        raw.extend_from_slice(&m);
+        ring.extend(poke(layout::REQ, &m));
+        let mut indices = 0u32.to_le_bytes().to_vec();
+        indices.extend_from_slice(&u32::try_from(m.len()).unwrap().to_le_bytes());
+        ring.extend(poke(layout::REQ_CONS, &indices));
+        ring.push(3);
+    }
+    vec![("messages-raw".into(), raw), ("messages-ring".into(), ring)]
 }
 
 const BROKEN_CONFIGS: &[&str] = &[
@@ -220,8 +334,17 @@ fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) {
 fn seeds_come_from_real_calls() {
     let mut dispatch = Vec::new();
     let mut calls_per_mode: HashMap<HypervisorMode, usize> = HashMap::new();
+    let (mut xenstore, mut console_ring) = (xenstore_message_seeds(), Vec::new());
     for (image, mode, vcpus, cmdline) in guests() {
-        for (i, log) in record(image, mode, vcpus, cmdline).into_iter().enumerate() {
+        let recording = record(image, mode, vcpus, cmdline);
+        if image == "xen_pv64" {
+            let (store, console) = ring_seeds(image, &recording.rings);
+            // The guest's XenStore exchange and console output went through the rings.
+            assert!(store.len() > 4 * 4096 && console.len() > 4096, "{image}: few ring states");
+            xenstore.push((image.to_string(), store));
+            console_ring.push((image.to_string(), console));
+        }
+        for (i, log) in recording.logs.into_iter().enumerate() {
             let bytes = log.encode();
             assert!(log.ops.len() <= MAX_OPS);
             assert_eq!(CallLog::decode(&bytes), log, "{image} log {i} reads back as written");
@@ -247,6 +370,8 @@ fn seeds_come_from_real_calls() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let corpus = root.join("fuzz/corpus");
     write_dir(&corpus.join("dispatch"), &dispatch);
+    write_dir(&corpus.join("xenstore"), &xenstore);
+    write_dir(&corpus.join("console_ring"), &console_ring);
     let kernels: Vec<_> = ["smoke64", "smoke_pvh32", "smoke_pvh64", "smoke_rwx64"]
         .iter()
         .map(|name| (name.to_string(), kernel_seed(polyvisor_guests::image(name).unwrap(), 16384)))

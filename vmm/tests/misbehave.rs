@@ -2,13 +2,14 @@
 //! cleanly: a clear message, the documented exit status (docs/host-support.md), bounded
 //! console output, and within the configured timeout. docs/reliability.md lists them.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use polyvisor_config::{Config, LoadedConfig};
 use polyvisor_core::HypervisorMode;
 use polyvisor_vmm::end::{STATUS_ALL_HALTED, STATUS_TIMEOUT, STATUS_TRIPLE_FAULT};
 use polyvisor_vmm::{run, RunOptions, RunReport, VmEnd};
+
+mod common;
 
 const GUEST: &str = "misbehave64";
 /// The console limit the flood tests set, in KiB.
@@ -118,16 +119,20 @@ fn polyvisor_run_ends_a_spinning_guest_at_its_timeout() {
     let kernel = dir.join("misbehave64.elf");
     std::fs::write(&kernel, polyvisor_guests::image(GUEST).unwrap()).unwrap();
     let t0 = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_polyvisor"))
-        .args(["run", "--kernel", kernel.to_str().unwrap(), "--cmdline", "do=spin"])
-        .args(["--timeout", "1", "--mode", "kvm"])
-        .output()
-        .unwrap();
+    let (status, stdout, stderr) = common::polyvisor(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "do=spin",
+        "--timeout",
+        "1",
+        "--mode",
+        "kvm",
+    ]);
     let took = t0.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(STATUS_TIMEOUT), "{stdout}{stderr}");
+    assert_eq!(status, STATUS_TIMEOUT, "{stdout}{stderr}");
     assert!(stdout.contains("ok   started spin"), "{stdout}");
     assert!(stderr.contains("the run timed out after 1.0 s"), "{stderr}");
     assert!(took < Duration::from_secs(1) + SLACK, "{took:?}");

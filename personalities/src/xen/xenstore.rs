@@ -453,7 +453,9 @@ impl XenStore {
                 }
                 let path = self.absolute(first)?;
                 let domid = self.domid;
-                let node = self.tree_mut(tx_id)?.get_mut(&path).ok_or("ENOENT")?;
+                let perms: Vec<u8> = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
+                let tree = self.tree_mut(tx_id)?;
+                let node = tree.get(&path).ok_or("ENOENT")?;
                 // Only the owner may; it may not give the node away (xenstored's
                 // do_set_perms for an unprivileged domain).
                 if owner(&node.perms) != Some(domid) {
@@ -464,7 +466,12 @@ impl XenStore {
                 {
                     return Err("EPERM");
                 }
-                node.perms = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
+                // Permissions count towards the store's bytes as values do.
+                if held(tree) - node.perms.len() + perms.len() > MAX_STORE_BYTES {
+                    return Err("ENOSPC");
+                }
+                let node = tree.get_mut(&path).ok_or("ENOENT")?;
+                node.perms = perms;
                 self.changed(tx_id, path, false, fired);
                 Ok(OK.to_vec())
             }
@@ -659,6 +666,11 @@ fn parent(path: &str) -> String {
     }
 }
 
+/// Bytes of paths, values and permissions the tree holds.
+fn held(tree: &Tree) -> usize {
+    tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum()
+}
+
 /// What a domain may do with a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Access {
@@ -735,14 +747,11 @@ fn write_node(tree: &mut Tree, path: &str, value: Vec<u8>, owner: u16) -> Result
     if tree.len() + missing.len() > MAX_NODES {
         return Err("ENOSPC");
     }
-    let held: usize = tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum();
-    let adding: usize = missing.iter().map(|m| m.len() + 8).sum::<usize>() + value.len();
-    if held + adding > MAX_STORE_BYTES {
-        return Err("ENOSPC");
-    }
     let above = tree.get(&p).map(|n| n.perms.clone());
     let new_perms = inherited(above.as_deref(), owner);
-    if held + adding + missing.len() * new_perms.len() > MAX_STORE_BYTES {
+    let adding: usize =
+        missing.iter().map(|m| m.len() + new_perms.len()).sum::<usize>() + value.len();
+    if held(tree) + adding > MAX_STORE_BYTES {
         return Err("ENOSPC");
     }
     for m in missing {

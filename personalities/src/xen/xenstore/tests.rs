@@ -110,6 +110,36 @@ fn the_byte_limit_holds() {
 }
 
 #[test]
+fn permissions_count_towards_the_byte_limit() {
+    // Found by the `xenstore` fuzz target: a store filled to its byte limit with values grew
+    // past it through XS_SET_PERMS.
+    let mut x = xs();
+    let value = vec![b'v'; 4000];
+    let mut i = 0;
+    loop {
+        let mut w = format!("data/big{i}\0").into_bytes();
+        w.extend_from_slice(&value);
+        if ask(&mut x, XS_WRITE, 0, &w).1 == b"ENOSPC\0" {
+            break;
+        }
+        i += 1;
+    }
+    // The guest owns the nodes it wrote and may only keep them: its own id first.
+    let perms: String = (0..8).map(|_| format!("n{}\0", x.domid)).collect();
+    let mut refused = false;
+    for n in 0..i {
+        let (kind, body) = ask(&mut x, XS_SET_PERMS, 0, format!("data/big{n}\0{perms}").as_bytes());
+        let held: usize = x.tree.iter().map(|(k, n)| k.len() + n.value.len() + n.perms.len()).sum();
+        assert!(held <= MAX_STORE_BYTES, "{held} bytes after setting data/big{n}'s permissions");
+        if (kind, body.as_slice()) == (XS_ERROR, b"ENOSPC\0".as_slice()) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+}
+
+#[test]
 fn arbitrary_ring_contents_end_without_a_hang() {
     // Pseudo-random pages: whatever they hold, one call returns and stays in the page.
     let mut seed = 0x1234_5678u32;
