@@ -117,7 +117,8 @@ fn assert_counters(r: &RunReport) {
 }
 
 fn features(image: &str, vcpus: u32, words: &str, edit: impl FnOnce(&mut Config)) -> RunReport {
-    let cmdline = format!("{words} {}", cpl3_words(image));
+    // The guest compares CPUID's maximum VP count with the vCPUs it was given.
+    let cmdline = format!("vcpus={vcpus} {words} {}", cpl3_words(image));
     let r = run_image(image, &config(vcpus, cmdline.trim(), edit));
     println!("{}", show(&r));
     r
