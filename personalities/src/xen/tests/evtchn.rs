@@ -330,3 +330,26 @@ fn set_timer_op_turns_a_huge_timeout_into_100_ms() {
     assert_eq!(vm.rax64(24, &[8, 0, ARG]), 0);
     assert_eq!(vm.platform.timer_deadline(0), Some(1000 + (1 << 50)));
 }
+
+#[test]
+fn a_port_closed_before_a_late_raise_stays_clear() {
+    // A raise that looked the port up before a close on another thread ran, delivered after
+    // it: the raise checks the binding again under the table's lock and drops the event.
+    let vm = vm();
+    let (_, out) = op(&vm, 7, &[0, 0]);
+    let ipi = out[1];
+    assert_eq!(op(&vm, 3, &[ipi]).0, 0);
+    vm.platform.take();
+    let st = &vm.xen().state;
+    crate::xen::evtchn::raise(st, &vm.mem, &vm.platform, ipi);
+    assert!(!pending(&vm, ipi), "a closed port was left pending");
+    assert!(!vm.platform.take().iter().any(|e| matches!(e, Effect::Interrupt(..))));
+    // The console backend's raise after the guest closed the console port: nothing either.
+    assert_eq!(op(&vm, 3, &[2]).0, 0);
+    crate::xen::evtchn::raise_backend(st, &vm.mem, &vm.platform, 2);
+    assert!(!pending(&vm, 2));
+    // A bound port is still raised.
+    let (_, out) = op(&vm, 7, &[0, 0]);
+    crate::xen::evtchn::raise(st, &vm.mem, &vm.platform, out[1]);
+    assert!(pending(&vm, out[1]));
+}
