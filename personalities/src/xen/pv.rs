@@ -238,11 +238,18 @@ pub fn arm_singleshot(
     }
     v.singleshot_deadline.store(deadline, Ordering::Release);
     let st = Arc::clone(state);
+    // Fires only while `deadline` is still the armed one: the timer thread may have taken
+    // this callback off its list just before the vCPU stopped or re-armed the timer, and a
+    // stale callback must not raise VIRQ_TIMER for a timer that no longer expires then.
     let fire: TimerCallback = Arc::new(move |p: &dyn Platform, m: &GuestMemoryMmap| {
-        if let Some(v) = st.vcpu(vcpu) {
-            v.singleshot_deadline.store(0, Ordering::Release);
+        let armed = st.vcpu(vcpu).is_some_and(|v| {
+            v.singleshot_deadline
+                .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if armed {
+            evtchn::send_virq(&st, m, p, vcpu, VIRQ_TIMER);
         }
-        evtchn::send_virq(&st, m, p, vcpu, VIRQ_TIMER);
     });
     let _ = platform.set_timer(vcpu, Some((deadline, fire)));
 }

@@ -353,3 +353,25 @@ fn a_port_closed_before_a_late_raise_stays_clear() {
     crate::xen::evtchn::raise(st, &vm.mem, &vm.platform, out[1]);
     assert!(pending(&vm, out[1]));
 }
+
+#[test]
+fn a_stale_singleshot_callback_does_not_fire() {
+    // The timer thread took the callback for deadline 5000 off its list; before it ran, the
+    // vCPU stopped the timer, then armed it for later. The old callback must not raise
+    // VIRQ_TIMER: only the armed deadline's callback does.
+    let vm = vm();
+    let (_, out) = op(&vm, 1, &[0, 0, 0]);
+    let port = out[2];
+    vm.platform.set_now(1000);
+    assert_eq!(vm.rax64(15, &[5000]), 0);
+    let stale = vm.platform.timers.lock().unwrap()[0].fire.clone();
+    assert_eq!(vm.rax64(15, &[0]), 0);
+    stale(&vm.platform, &vm.mem);
+    assert!(!pending(&vm, port), "a stopped timer fired");
+    assert_eq!(vm.rax64(15, &[9000]), 0);
+    stale(&vm.platform, &vm.mem);
+    assert!(!pending(&vm, port), "a re-armed timer fired at its old deadline");
+    vm.platform.set_now(9000);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
+    assert!(pending(&vm, port));
+}
