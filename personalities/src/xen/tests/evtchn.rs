@@ -375,3 +375,26 @@ fn a_stale_singleshot_callback_does_not_fire() {
     assert_eq!(vm.platform.fire_due(&vm.mem), 1);
     assert!(pending(&vm, port));
 }
+
+#[test]
+fn console_input_is_held_while_the_console_port_is_closed() {
+    let vm = vm();
+    let page = 0xff000u64;
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    let due = vm.platform.timer_deadline(0x1_0000).expect("the input poll is armed");
+    // The guest closes its console port: the next poll moves nothing and stops.
+    assert_eq!(op(&vm, 3, &[2]).0, 0);
+    vm.platform.input.lock().unwrap().extend_from_slice(b"held");
+    vm.platform.set_now(due);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
+    assert_eq!(vm.u32_at(page + 3076), 0, "input went into the ring of a closed port");
+    assert_eq!(*vm.platform.input.lock().unwrap(), b"held", "kept for CONSOLEIO_read");
+    assert_eq!(vm.platform.timer_deadline(0x1_0000), None, "the poll stopped");
+    // Bound again and notified: the input comes in and the poll runs again.
+    let (r, out) = op(&vm, 0, &[0, 2, 0]);
+    assert_eq!(r, 0);
+    assert_eq!(op(&vm, 4, &[out[2]]).0, 0);
+    assert_eq!(vm.read(page, 4), b"held");
+    assert_eq!(vm.u32_at(page + 3076), 4);
+    assert!(vm.platform.timer_deadline(0x1_0000).is_some());
+}
