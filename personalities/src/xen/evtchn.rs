@@ -519,26 +519,46 @@ pub fn clear_pending(state: &State, memory: &GuestMemoryMmap, port: u32) {
     }
 }
 
-/// Raises guest port `port` on the vCPU it is bound to.
+/// Raises guest port `port` on the vCPU it is bound to, if it is still bound (to a
+/// channel, a VIRQ or an IPI). The check and the delivery are made under the table's lock,
+/// which `EVTCHNOP_close` holds while it frees the port and clears its pending bit: a port
+/// closed at the same moment (another vCPU, the timer thread, a VMM backend) is either
+/// raised before the close clears it or not raised at all (Xen holds the channel's lock
+/// around `evtchn_port_set_pending`, and `evtchn_close` takes it).
 pub fn raise(state: &State, memory: &GuestMemoryMmap, platform: &dyn Platform, port: u32) {
-    let vcpu = match state.evtchn.lock() {
-        Ok(t) => t.get(port).map(|c| c.vcpu),
-        Err(_) => None,
+    if let Ok(t) = state.evtchn.lock() {
+        raise_locked(&t, state, memory, platform, port);
+    }
+}
+
+/// [`raise`] with the table already locked.
+fn raise_locked(
+    t: &Table,
+    state: &State,
+    memory: &GuestMemoryMmap,
+    platform: &dyn Platform,
+    port: u32,
+) {
+    let bound = |c: &Channel| {
+        matches!(c.binding, Binding::Interdomain { .. } | Binding::Virq(_) | Binding::Ipi)
     };
-    if let Some(vcpu) = vcpu {
-        set_pending(state, memory, platform, port, vcpu);
+    if let Some(c) = t.get(port).filter(bound) {
+        set_pending(state, memory, platform, port, c.vcpu);
     }
 }
 
-/// Raises the guest port backend port `be` is bound to, if any.
+/// Raises the guest port backend port `be` is bound to, if any (looked up and raised under
+/// one hold of the table's lock).
 pub fn raise_backend(state: &State, memory: &GuestMemoryMmap, platform: &dyn Platform, be: u32) {
-    let port = state.evtchn.lock().ok().and_then(|t| t.backend_port(be));
-    if let Some(port) = port {
-        raise(state, memory, platform, port);
+    if let Ok(t) = state.evtchn.lock() {
+        if let Some(port) = t.backend_port(be) {
+            raise_locked(&t, state, memory, platform, port);
+        }
     }
 }
 
-/// `send_guest_vcpu_virq`: raises the port bound to `virq` on `vcpu`, if any.
+/// `send_guest_vcpu_virq`: raises the port bound to `virq` on `vcpu`, if any, under the
+/// table's lock.
 pub fn send_virq(
     state: &State,
     memory: &GuestMemoryMmap,
@@ -546,8 +566,9 @@ pub fn send_virq(
     vcpu: u32,
     virq: u32,
 ) {
-    let port = state.evtchn.lock().ok().and_then(|t| t.virq_port(vcpu, virq));
-    if let Some(port) = port {
-        set_pending(state, memory, platform, port, vcpu);
+    if let Ok(t) = state.evtchn.lock() {
+        if let Some(port) = t.virq_port(vcpu, virq) {
+            set_pending(state, memory, platform, port, vcpu);
+        }
     }
 }

@@ -113,8 +113,19 @@ fn console_page(memory: &GuestMemoryMmap) -> GuestPage<'_> {
     GuestPage { memory, gpa: CONSOLE_PFN * PAGE_SIZE }
 }
 
+/// Whether the guest's console port is bound (not closed since boot or since it was bound
+/// again).
+fn console_bound(state: &State) -> bool {
+    state.evtchn.lock().is_ok_and(|t| t.backend_port(backend::CONSOLE).is_some())
+}
+
 /// Moves waiting host input into the console ring; raises the console port if any moved.
+/// While the guest's console port is closed the input is held in the host's queue (for
+/// `CONSOLEIO_read`, or the ring once the port is bound and notified again).
 pub fn console_input(state: &State, memory: &GuestMemoryMmap, platform: &dyn Platform) {
+    if !console_bound(state) {
+        return;
+    }
     let mut page = console_page(memory);
     let room = match input_room(&page) {
         Ok(r) => r,
@@ -176,8 +187,18 @@ fn console_notified(
 fn arm_console_poll(state: &Arc<State>, platform: &dyn Platform) -> Result<(), ()> {
     let st = Arc::clone(state);
     let fire: TimerCallback = Arc::new(move |p: &dyn Platform, m: &GuestMemoryMmap| {
-        console_input(&st, m, p);
-        let _ = arm_console_poll(&st, p);
+        // The guest closed its console port: the poll stops, until a notification on a port
+        // bound to the console again arms it (console_notified). Checked and recorded under
+        // the console's lock, which console_notified holds while it looks at `polling`.
+        let go_on = st.console.lock().is_ok_and(|mut c| {
+            let bound = console_bound(&st);
+            c.polling = bound;
+            bound
+        });
+        if go_on {
+            console_input(&st, m, p);
+            let _ = arm_console_poll(&st, p);
+        }
     });
     let at = platform.monotonic_ns().saturating_add(CONSOLE_POLL_NS);
     platform.set_timer(CONSOLE_TIMER, Some((at, fire))).map_err(|_| ())
@@ -238,11 +259,18 @@ pub fn arm_singleshot(
     }
     v.singleshot_deadline.store(deadline, Ordering::Release);
     let st = Arc::clone(state);
+    // Fires only while `deadline` is still the armed one: the timer thread may have taken
+    // this callback off its list just before the vCPU stopped or re-armed the timer, and a
+    // stale callback must not raise VIRQ_TIMER for a timer that no longer expires then.
     let fire: TimerCallback = Arc::new(move |p: &dyn Platform, m: &GuestMemoryMmap| {
-        if let Some(v) = st.vcpu(vcpu) {
-            v.singleshot_deadline.store(0, Ordering::Release);
+        let armed = st.vcpu(vcpu).is_some_and(|v| {
+            v.singleshot_deadline
+                .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if armed {
+            evtchn::send_virq(&st, m, p, vcpu, VIRQ_TIMER);
         }
-        evtchn::send_virq(&st, m, p, vcpu, VIRQ_TIMER);
     });
     let _ = platform.set_timer(vcpu, Some((deadline, fire)));
 }

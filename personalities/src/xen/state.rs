@@ -23,7 +23,8 @@ pub struct VcpuState {
     /// The `HVMOP_set_evtchn_upcall_vector` vector, 0 when unset.
     pub upcall_vector: AtomicU8,
     /// The single-shot timer's deadline (system time, ns), 0 when stopped; it raises
-    /// `VIRQ_TIMER` when it fires.
+    /// `VIRQ_TIMER` when it fires. A timer callback fires only while its deadline is still
+    /// this one (it swaps it for 0), so a callback taken before a stop or re-arm is dropped.
     pub singleshot_deadline: AtomicU64,
     /// Halted in `SCHEDOP_block` or `SCHEDOP_poll`: an event wakes it.
     pub blocked: AtomicBool,

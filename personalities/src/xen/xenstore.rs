@@ -387,7 +387,8 @@ impl XenStore {
             XS_DIRECTORY | XS_READ | XS_GET_PERMS => {
                 let path = self.absolute(&one()?)?;
                 let tree = self.tree_for(tx_id)?;
-                let node = tree.get(&path).ok_or("ENOENT")?;
+                let node =
+                    tree.get(&path).ok_or_else(|| missing(tree, &path, self.domid, false))?;
                 if !access(&node.perms, self.domid).read {
                     return Err("EACCES");
                 }
@@ -434,11 +435,13 @@ impl XenStore {
                         return Err("EACCES");
                     }
                 } else {
-                    // xenstored: removing a missing node whose parent exists is fine.
-                    return if tree.contains_key(&parent(&path)) {
+                    // xenstored: removing a missing node whose parent exists is fine, unless
+                    // the node above it may not be written (do_rm after get_node's errno).
+                    let e = missing(tree, &path, domid, true);
+                    return if e == "ENOENT" && tree.contains_key(&parent(&path)) {
                         Ok(OK.to_vec())
                     } else {
-                        Err("ENOENT")
+                        Err(e)
                     };
                 }
                 let below = format!("{path}/");
@@ -455,7 +458,7 @@ impl XenStore {
                 let domid = self.domid;
                 let perms: Vec<u8> = rest.iter().flat_map(|p| p.bytes().chain([0])).collect();
                 let tree = self.tree_mut(tx_id)?;
-                let node = tree.get(&path).ok_or("ENOENT")?;
+                let node = tree.get(&path).ok_or_else(|| missing(tree, &path, domid, true))?;
                 // Only the owner may; it may not give the node away (xenstored's
                 // do_set_perms for an unprivileged domain).
                 if owner(&node.perms) != Some(domid) {
@@ -703,6 +706,24 @@ fn access(perms: &[u8], domid: u16) -> Access {
     }
     let letter = all.find(|&(_, id)| id == Some(domid)).map_or(default, |(l, _)| l);
     Access { read: matches!(letter, b'r' | b'b'), write: matches!(letter, b'w' | b'b') }
+}
+
+/// The error for a node that is not there (xenstored's `errno_from_parents`): `ENOENT` if
+/// the nearest node above it grants `domid` the access asked for (`write`, else read), else
+/// `EACCES`, so a failure tells nothing about a part of the tree the domain may not see.
+fn missing(tree: &Tree, path: &str, domid: u16, write: bool) -> &'static str {
+    let mut p = path.to_string();
+    // Bounded: each step is one component shorter, and "/" ends it.
+    while p != "/" {
+        p = parent(&p);
+        if let Some(node) = tree.get(&p) {
+            let a = access(&node.perms, domid);
+            let granted = if write { a.write } else { a.read };
+            return if granted { "ENOENT" } else { "EACCES" };
+        }
+    }
+    // No root: xenstored finds no permissions at all.
+    "EACCES"
 }
 
 /// Whether `domid` may write `path`: the node if it exists, else the nearest node above it

@@ -113,11 +113,13 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Result<u64, u64>, Fault> {
         }
         EVTCHNOP_close => {
             let port = le::u32_at(&g.read_array::<4>(arg)?, 0);
-            let closed = table(xen, |t| t.close(port));
-            if closed.is_ok() {
+            // The pending bit is cleared under the table's lock, which evtchn::raise holds
+            // while it checks the port and sets the bit: the two cannot interleave.
+            table(xen, |t| {
+                t.close(port)?;
                 evtchn::clear_pending(st, call.memory, port);
-            }
-            closed.map(|()| 0)
+                Ok(0)
+            })
         }
         EVTCHNOP_send => {
             let port = le::u32_at(&g.read_array::<4>(arg)?, 0);

@@ -330,3 +330,71 @@ fn set_timer_op_turns_a_huge_timeout_into_100_ms() {
     assert_eq!(vm.rax64(24, &[8, 0, ARG]), 0);
     assert_eq!(vm.platform.timer_deadline(0), Some(1000 + (1 << 50)));
 }
+
+#[test]
+fn a_port_closed_before_a_late_raise_stays_clear() {
+    // A raise that looked the port up before a close on another thread ran, delivered after
+    // it: the raise checks the binding again under the table's lock and drops the event.
+    let vm = vm();
+    let (_, out) = op(&vm, 7, &[0, 0]);
+    let ipi = out[1];
+    assert_eq!(op(&vm, 3, &[ipi]).0, 0);
+    vm.platform.take();
+    let st = &vm.xen().state;
+    crate::xen::evtchn::raise(st, &vm.mem, &vm.platform, ipi);
+    assert!(!pending(&vm, ipi), "a closed port was left pending");
+    assert!(!vm.platform.take().iter().any(|e| matches!(e, Effect::Interrupt(..))));
+    // The console backend's raise after the guest closed the console port: nothing either.
+    assert_eq!(op(&vm, 3, &[2]).0, 0);
+    crate::xen::evtchn::raise_backend(st, &vm.mem, &vm.platform, 2);
+    assert!(!pending(&vm, 2));
+    // A bound port is still raised.
+    let (_, out) = op(&vm, 7, &[0, 0]);
+    crate::xen::evtchn::raise(st, &vm.mem, &vm.platform, out[1]);
+    assert!(pending(&vm, out[1]));
+}
+
+#[test]
+fn a_stale_singleshot_callback_does_not_fire() {
+    // The timer thread took the callback for deadline 5000 off its list; before it ran, the
+    // vCPU stopped the timer, then armed it for later. The old callback must not raise
+    // VIRQ_TIMER: only the armed deadline's callback does.
+    let vm = vm();
+    let (_, out) = op(&vm, 1, &[0, 0, 0]);
+    let port = out[2];
+    vm.platform.set_now(1000);
+    assert_eq!(vm.rax64(15, &[5000]), 0);
+    let stale = vm.platform.timers.lock().unwrap()[0].fire.clone();
+    assert_eq!(vm.rax64(15, &[0]), 0);
+    stale(&vm.platform, &vm.mem);
+    assert!(!pending(&vm, port), "a stopped timer fired");
+    assert_eq!(vm.rax64(15, &[9000]), 0);
+    stale(&vm.platform, &vm.mem);
+    assert!(!pending(&vm, port), "a re-armed timer fired at its old deadline");
+    vm.platform.set_now(9000);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
+    assert!(pending(&vm, port));
+}
+
+#[test]
+fn console_input_is_held_while_the_console_port_is_closed() {
+    let vm = vm();
+    let page = 0xff000u64;
+    assert_eq!(op(&vm, 4, &[2]).0, 0);
+    let due = vm.platform.timer_deadline(0x1_0000).expect("the input poll is armed");
+    // The guest closes its console port: the next poll moves nothing and stops.
+    assert_eq!(op(&vm, 3, &[2]).0, 0);
+    vm.platform.input.lock().unwrap().extend_from_slice(b"held");
+    vm.platform.set_now(due);
+    assert_eq!(vm.platform.fire_due(&vm.mem), 1);
+    assert_eq!(vm.u32_at(page + 3076), 0, "input went into the ring of a closed port");
+    assert_eq!(*vm.platform.input.lock().unwrap(), b"held", "kept for CONSOLEIO_read");
+    assert_eq!(vm.platform.timer_deadline(0x1_0000), None, "the poll stopped");
+    // Bound again and notified: the input comes in and the poll runs again.
+    let (r, out) = op(&vm, 0, &[0, 2, 0]);
+    assert_eq!(r, 0);
+    assert_eq!(op(&vm, 4, &[out[2]]).0, 0);
+    assert_eq!(vm.read(page, 4), b"held");
+    assert_eq!(vm.u32_at(page + 3076), 4);
+    assert!(vm.platform.timer_deadline(0x1_0000).is_some());
+}

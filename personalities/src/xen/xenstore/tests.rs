@@ -244,6 +244,27 @@ fn permissions_are_enforced_for_the_guest() {
 }
 
 #[test]
+fn a_missing_node_under_one_the_domain_may_not_read_is_eacces() {
+    // xenstored's errno_from_parents: the nearest node above decides ENOENT or EACCES.
+    let mut x = xs();
+    let eacces = b"EACCES\0".to_vec();
+    for kind in [XS_READ, XS_GET_PERMS, XS_DIRECTORY] {
+        assert_eq!(ask(&mut x, kind, 0, b"/local/domain/0/nope\0").1, eacces, "{kind}");
+        assert_eq!(ask(&mut x, kind, 0, b"/local/domain/0/a/b\0").1, eacces, "{kind}");
+        assert_eq!(ask(&mut x, kind, 0, b"data/nope\0").1, b"ENOENT\0", "{kind}");
+    }
+    // Write access is what counts for rm and set_perms.
+    assert_eq!(ask(&mut x, XS_RM, 0, b"/local/domain/0/nope\0").1, eacces);
+    assert_eq!(ask(&mut x, XS_RM, 0, b"/local/domain/0/a/b\0").1, eacces);
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"/local/domain/0/nope\0n3\0").1, eacces);
+    assert_eq!(ask(&mut x, XS_SET_PERMS, 0, b"data/nope\0n3\0").1, b"ENOENT\0");
+    // Readable but not writable: a read is ENOENT, an rm EACCES.
+    x.tree.get_mut("/local/domain/3/data").unwrap().perms = b"n0\0r3\0".to_vec();
+    assert_eq!(ask(&mut x, XS_READ, 0, b"data/nope\0").1, b"ENOENT\0");
+    assert_eq!(ask(&mut x, XS_RM, 0, b"data/nope\0").1, eacces);
+}
+
+#[test]
 fn watch_tokens_are_echoed_byte_for_byte() {
     let mut x = xs();
     // A token is opaque to xenstored: any bytes but NUL come back as they were given.
