@@ -62,7 +62,17 @@ pub(crate) struct RunArgs {
     stats: bool,
     /// Statistics format: `text` (a table) or `json` (implies --stats).
     #[arg(long, value_enum, value_name = "FORMAT")]
-    stats_format: Option<TraceFormat>,
+    stats_format: Option<StatsFormat>,
+}
+
+/// How `--stats` prints its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum StatsFormat {
+    /// A table, one row per call.
+    #[default]
+    Text,
+    /// The same rows as a JSON array.
+    Json,
 }
 
 impl RunArgs {
@@ -147,8 +157,8 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
             }
             if let Some(rows) = &report.call_stats {
                 match args.stats_format.unwrap_or_default() {
-                    TraceFormat::Text => eprint!("{}", stats_table(rows)),
-                    TraceFormat::Json => match serde_json::to_string_pretty(rows) {
+                    StatsFormat::Text => eprint!("{}", stats_table(rows)),
+                    StatsFormat::Json => match serde_json::to_string_pretty(rows) {
                         Ok(text) => eprintln!("{text}"),
                         Err(e) => eprintln!("polyvisor: statistics: {e}"),
                     },
