@@ -41,6 +41,26 @@ fn run_with_a_bad_kernel_is_a_kernel_error() {
     assert!(err.contains("empty.elf"), "{err}");
 }
 
+/// A policy name the mode lacks, or a feature the host cannot back, is a configuration error
+/// for `run` as for `config check`: status 3 and the place in the file.
+#[test]
+fn run_locates_a_policy_name_the_mode_lacks() {
+    let dir = std::env::temp_dir().join(format!("polyvisor-cli-run-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("deny.toml");
+    std::fs::write(
+        &file,
+        "[hypervisor]\nmode = \"xen\"\nhypercalls_enabled = true\n\
+         deny = [\"__HYPERVISOR_console_io\", \"no_such_call\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = polyvisor(&["run", file.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("deny.toml:4:36:") && err.contains("\"no_such_call\""), "{err}");
+    let (check, _, check_err) = polyvisor(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!((check, check_err.trim()), (code, err.trim()));
+}
+
 #[test]
 fn host_check_reports_the_trap_and_the_cpl3_limit() {
     let (code, out, err) = polyvisor(&["host-check"]);

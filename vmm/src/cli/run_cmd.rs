@@ -166,11 +166,13 @@ pub(crate) fn run_vm(args: &RunArgs) -> i32 {
             }
             report.exit_status
         }
+        Err(VmmError::Personality { source, .. }) => {
+            let (status, message) = super::tables::located(&loaded, source);
+            fail(status, message).code()
+        }
         Err(e) => {
             let status = match &e {
-                VmmError::Personality { .. }
-                | VmmError::NoTrap { .. }
-                | VmmError::TrapUnavailable { .. } => Status::Unsupported,
+                VmmError::NoTrap { .. } | VmmError::TrapUnavailable { .. } => Status::Unsupported,
                 VmmError::KernelRead { .. } | VmmError::Load { .. } | VmmError::Boot { .. } => {
                     Status::BadKernel
                 }

@@ -37,7 +37,13 @@ pub(crate) fn build_engine(
     loaded: &LoadedConfig,
     host: &HostFacts,
 ) -> Result<Arc<dyn Dispatch>, (Status, String)> {
-    polyvisor_personalities::build(&loaded.config, host).map_err(|e| match e {
+    polyvisor_personalities::build(&loaded.config, host).map_err(|e| located(loaded, e))
+}
+
+/// A build error with its place in the configuration file: a name the allow or deny list
+/// cannot resolve, or a feature the host cannot back, is a configuration error (status 3).
+pub(crate) fn located(loaded: &LoadedConfig, e: BuildError) -> (Status, String) {
+    match e {
         BuildError::Policy(p) => {
             let list = if p.list == "allow" {
                 loaded.config.hypervisor.allow.as_deref().unwrap_or(&[])
@@ -52,7 +58,7 @@ pub(crate) fn build_engine(
             (Status::BadConfig, loaded.error_at(&[section], None, message.clone()).to_string())
         }
         other @ BuildError::NotImplemented(_) => (Status::Unsupported, other.to_string()),
-    })
+    }
 }
 
 /// This host's facts (TSC rate, native hypercall instruction) when KVM is here, so the tables
