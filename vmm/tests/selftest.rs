@@ -41,7 +41,6 @@ const ABI_NOT_APPLICABLE: &[(HypervisorMode, Behaviour)] = &[
     (HypervisorMode::Bhyve, Behaviour::Wake),
     (HypervisorMode::Kvm, Behaviour::Console),
     (HypervisorMode::Kvm, Behaviour::Shutdown),
-    (HypervisorMode::Hyperv, Behaviour::Console),
 ];
 
 /// Whether this host may make a cell not applicable (docs/testing.md).
@@ -186,6 +185,23 @@ fn a_broken_personality_fails_exactly_its_cells() {
         .map(|b| (HypervisorMode::Kvm, b))
         .collect();
     assert_eq!(failed(&m), want, "{}", show(&m));
+}
+
+#[test]
+fn the_hyperv_console_is_its_debug_channel_and_leaves_no_files() {
+    let options = SelftestOptions {
+        modes: vec![HypervisorMode::Hyperv],
+        behaviours: vec![Behaviour::Console],
+        host: Some(host()),
+        ..SelftestOptions::default()
+    };
+    let m = run_matrix(&options, &mut |_| {}).expect("KVM is here");
+    let cell = m.cell(HypervisorMode::Hyperv, Behaviour::Console).unwrap();
+    assert_eq!(cell.verdict, Verdict::Pass, "{}", show(&m));
+    assert_eq!(cell.ok_lines, 11, "{}", show(&m));
+    let dir = cell.scratch.as_ref().expect("the cell had a scratch folder");
+    assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[test]

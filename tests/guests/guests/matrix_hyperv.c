@@ -4,7 +4,9 @@
  * EDX:EAX, EBX:ECX, EDI:ESI), #UD while disabled and from CPL 3, HV_STATUS_* for unknown,
  * denied and bad-pointer calls, HvCallNotifyLongSpinWait to yield, TIME_REF_COUNT as the time
  * source, HvCallSendSyntheticClusterIpi to interrupt another vCPU, the crash MSRs to end the
- * VM with a report. Hyper-V has no console hypercall. Scenarios: see matrix.h.
+ * VM with a report, and the debug channel as its console: HvCallPostDebugData to the host's
+ * `[hyperv] debug_output`, HvCallRetrieveDebugData from its `debug_input` (gated by the
+ * Debugging privilege). Scenarios: see matrix.h.
  */
 #include "hyperv_guest.h"
 #include "matrix.h"
@@ -16,6 +18,14 @@
 
 static u8 page[4096] __aligned(4096);
 static u64 out_block[512] __aligned(4096);
+static u8 debug_in[4096] __aligned(4096);
+static u8 debug_out[4096] __aligned(4096);
+
+/* The host's selftest plan (vmm/src/selftest/plan.rs HYPERV_DEBUG_POSTED and
+ * HYPERV_DEBUG_INPUT) expects exactly these bytes. */
+static const char debug_posted[] = "matrix_hyperv: posted with HvCallPostDebugData\n";
+static const char debug_host_bytes[] = "host: retrieved with HvCallRetrieveDebugData\n";
+#define DEBUG_ASK 64
 
 /* hv_init: guest OS id, then the hypercall page (TLFS "Establishing the Hypercall
  * Interface"). */
@@ -61,6 +71,56 @@ static void bad_pointers(void)
     expect_status("HvExtCallQueryCapabilities into RAM afterwards -> HV_STATUS_SUCCESS",
                   hv_call(code, 0, gpa(out_block)), HV_STATUS_SUCCESS);
     check_eq("HvExtCallQueryCapabilities wrote 0", out_block[0], 0);
+}
+
+/* HvCallPostDebugData: input {Count u32, Options u32, Data[Count]}, output {PendingCount u32}
+ * (docs/abi/hyperv.md "Debug channel"). */
+static void debug_post(const char *what, const void *bytes, u32 n)
+{
+    memset(debug_in, 0, 8);
+    *(u32 *)debug_in = n;
+    memcpy(debug_in + 8, bytes, n);
+    *(u32 *)debug_out = 0xffffffffu;
+    char line[96];
+    gsnprintf(line, sizeof line, "HvCallPostDebugData %s -> HV_STATUS_SUCCESS", what);
+    expect_status(line, hv_call(HVCALL_POST_DEBUG_DATA, gpa(debug_in), gpa(debug_out)),
+                  HV_STATUS_SUCCESS);
+    gsnprintf(line, sizeof line, "HvCallPostDebugData %s: PendingCount 0", what);
+    check_eq(line, *(u32 *)debug_out, 0);
+}
+
+/* HvCallRetrieveDebugData for DEBUG_ASK bytes: input {Count u32, Options u32, Timeout u64},
+ * output {RetrievedCount u32, RemainingCount u32, Data[]}; the status. */
+static struct answer debug_retrieve(void)
+{
+    memset(debug_in, 0, 16);
+    *(u32 *)debug_in = DEBUG_ASK;
+    memset(debug_out, 0xee, 8 + DEBUG_ASK);
+    return hv_call(HVCALL_RETRIEVE_DEBUG_DATA, gpa(debug_in), gpa(debug_out));
+}
+
+/* The console: bytes out through the debug channel, the host's bytes in and back out. */
+static void console(void)
+{
+    read_cfg();
+    check_true("Debugging privilege shown (0x40000003 EBX 11)", has_priv(P_DEBUGGING), "0x%llx",
+               cfg.priv);
+    check_true("guest debugging shown (0x40000003 EDX 1)", has_feature(F_GUEST_DEBUGGING), "0x%x",
+               cfg.features);
+    debug_post("of the guest's bytes", debug_posted, sizeof debug_posted - 1);
+    u32 n = sizeof debug_host_bytes - 1;
+    expect_status("HvCallRetrieveDebugData -> HV_STATUS_SUCCESS", debug_retrieve(),
+                  HV_STATUS_SUCCESS);
+    u32 got = *(u32 *)debug_out;
+    check_eq("HvCallRetrieveDebugData RetrievedCount: the host's bytes", got, n);
+    char back[DEBUG_ASK];
+    memcpy(back, debug_out + 8, sizeof back);
+    check_true("HvCallRetrieveDebugData: the host's bytes",
+               got == n && !memcmp(back, debug_host_bytes, n), "%u bytes", got);
+    expect_status("HvCallRetrieveDebugData, none left -> HV_STATUS_NO_DATA", debug_retrieve(),
+                  HV_STATUS_NO_DATA);
+    if (got <= sizeof back)
+        debug_post("of the host's bytes back", back, got);
 }
 
 static void time_source(void)
@@ -147,6 +207,8 @@ int guest_main(const struct hvm_start_info *si)
     } else if (mx_is("denied")) {
         expect_status("HvCallNotifyLongSpinWait denied by the config -> HV_STATUS_ACCESS_DENIED",
                       hv_call(spin_wait(), 1, 0), HV_STATUS_ACCESS_DENIED);
+    } else if (mx_is("console")) {
+        console();
     } else if (mx_is("wake")) {
         wake();
     } else if (mx_is("bad-pointer")) {

@@ -10,11 +10,16 @@
 pub mod plan;
 mod table;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use polyvisor_config::{Config, HypervisorMode, LoadedConfig, Selector};
 use polyvisor_core::{CallSelector, Dispatch};
+use polyvisor_personalities::hyperv::abi::{HV_DEBUGGING, HV_X64_GUEST_DEBUGGING_AVAILABLE};
+use polyvisor_personalities::hyperv::cpuid::Backing;
+use polyvisor_personalities::HostFacts;
 
 use crate::host::{host_check, HostReport};
 use crate::run::{run, BootKind, RunOptions, RunReport};
@@ -101,6 +106,9 @@ pub struct Cell {
     /// The guest's console when the cell failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
+    /// The scratch folder of the cell's debug channel files, removed when the cell ended.
+    #[serde(skip)]
+    pub scratch: Option<PathBuf>,
 }
 
 /// The whole matrix.
@@ -202,6 +210,7 @@ pub fn run_cell(
         ok_lines: 0,
         millis: 0,
         console: None,
+        scratch: None,
     };
     let scenario = match plan::plan(mode, behaviour, host) {
         Plan::Run(s) => s,
@@ -211,8 +220,22 @@ pub fn run_cell(
         }
     };
     cell.image = Some(scenario.image);
-    let config = config_for(mode, &scenario, cmdline(behaviour, host));
+    let mut config = config_for(mode, &scenario, cmdline(behaviour, host));
+    let scratch = match scenario.debug_channel.map(DebugScratch::create).transpose() {
+        Ok(scratch) => scratch,
+        Err(why) => {
+            cell.verdict = Verdict::Fail(why);
+            return cell;
+        }
+    };
+    if let Some(s) = &scratch {
+        s.configure(&mut config.config, &host.facts());
+        cell.scratch = Some(s.dir.clone());
+    }
     let result = execute(&config, &scenario, host, options);
+    // Read before the folder goes with `scratch`.
+    let debug_output = scratch.as_ref().and_then(|s| std::fs::read(s.output()).ok());
+    drop(scratch);
     cell.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match result {
         Err(why) => cell.verdict = Verdict::Fail(why),
@@ -220,13 +243,64 @@ pub fn run_cell(
             let console = report.console_text();
             cell.trap = Some(report.trap);
             cell.ok_lines = ok_lines(&console, scenario.image);
-            cell.verdict = verdict(&scenario, &report, &console);
+            let seen =
+                Seen { report: &report, console: &console, debug_output: debug_output.as_deref() };
+            cell.verdict = verdict(&scenario, &seen);
             if matches!(cell.verdict, Verdict::Fail(_)) {
                 cell.console = Some(console);
             }
         }
     }
     cell
+}
+
+/// The Hyper-V debug channel's files for one cell: a fresh folder under the system's
+/// temporary directory (the selftest runs from an installed binary), removed on drop.
+struct DebugScratch {
+    dir: PathBuf,
+}
+
+impl DebugScratch {
+    /// A new folder whose `debug.in` holds `input`.
+    fn create(input: &str) -> Result<DebugScratch, String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("polyvisor-selftest-{}-{n}", std::process::id()));
+        // create_dir, not create_dir_all: a folder that exists already is not ours.
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create the scratch folder {}: {e}", dir.display()))?;
+        let scratch = DebugScratch { dir };
+        let input_path = scratch.input();
+        std::fs::write(&input_path, input)
+            .map_err(|e| format!("cannot write {}: {e}", input_path.display()))?;
+        Ok(scratch)
+    }
+
+    fn input(&self) -> PathBuf {
+        self.dir.join("debug.in")
+    }
+
+    fn output(&self) -> PathBuf {
+        self.dir.join("debug.out")
+    }
+
+    /// Points `[hyperv] debug_output`/`debug_input` here and shows the Debugging privilege
+    /// and the guest debugging feature on top of the defaults (docs/abi/hyperv.md).
+    fn configure(&self, c: &mut Config, host: &HostFacts) {
+        let defaults = Backing::new(host, c);
+        c.hyperv.privileges = Some(defaults.default_privileges() | HV_DEBUGGING);
+        c.hyperv.features = Some(defaults.default_features() | HV_X64_GUEST_DEBUGGING_AVAILABLE);
+        c.hyperv.debug_output = Some(self.output());
+        c.hyperv.debug_input = Some(self.input());
+    }
+}
+
+impl Drop for DebugScratch {
+    fn drop(&mut self) {
+        // Best effort: a folder left behind is named after this process.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn execute(
@@ -271,8 +345,19 @@ fn ok_lines(console: &str, image: &str) -> usize {
     tagged(console, image, "ok   ").count()
 }
 
+/// What one run left for the verdict.
+pub struct Seen<'a> {
+    /// The run's report.
+    pub report: &'a RunReport,
+    /// The guest's console.
+    pub console: &'a str,
+    /// The debug channel's output file, if the cell had one and it was written.
+    pub debug_output: Option<&'a [u8]>,
+}
+
 /// The verdict of one run: exit status, no `FAIL` line, every `ok` line, the host facts.
-pub fn verdict(scenario: &Scenario, report: &RunReport, console: &str) -> Verdict {
+pub fn verdict(scenario: &Scenario, seen: &Seen<'_>) -> Verdict {
+    let (report, console) = (seen.report, seen.console);
     if let Some(line) = tagged(console, scenario.image, "FAIL ").next() {
         return Verdict::Fail(format!("the guest says: {}", line.trim()));
     }
@@ -291,14 +376,15 @@ pub fn verdict(scenario: &Scenario, report: &RunReport, console: &str) -> Verdic
         ));
     }
     for fact in &scenario.host {
-        if let Err(why) = holds(fact, report, console) {
+        if let Err(why) = holds(fact, seen) {
             return Verdict::Fail(format!("host: {why}"));
         }
     }
     Verdict::Pass
 }
 
-fn holds(fact: &HostFact, report: &RunReport, console: &str) -> Result<(), String> {
+fn holds(fact: &HostFact, seen: &Seen<'_>) -> Result<(), String> {
+    let (report, console) = (seen.report, seen.console);
     let row = |name: &str| {
         report
             .rows
@@ -339,6 +425,17 @@ fn holds(fact: &HostFact, report: &RunReport, console: &str) -> Result<(), Strin
             true => Ok(()),
             false => Err(format!("the end message lacks {text:?}: {}", report.message)),
         },
+        HostFact::DebugOutput(parts) => {
+            let want = parts.concat();
+            match seen.debug_output {
+                None => Err("the debug channel's output file was not written".into()),
+                Some(got) if got == want.as_bytes() => Ok(()),
+                Some(got) => Err(format!(
+                    "the debug channel's output file holds {:?}, want {want:?}",
+                    String::from_utf8_lossy(got)
+                )),
+            }
+        }
         HostFact::PvhBoot => match report.boot {
             BootKind::Pvh => Ok(()),
             BootKind::Elf64 => Err("booted ELF64 direct, want PVH".into()),

@@ -118,6 +118,9 @@ pub enum HostFact {
     Console(&'static str),
     /// The end message holds this text.
     EndMessage(&'static str),
+    /// The debug channel's output file (`[hyperv] debug_output`) holds exactly these parts,
+    /// one after the other.
+    DebugOutput(&'static [&'static str]),
     /// The VM booted through PVH.
     PvhBoot,
 }
@@ -139,6 +142,11 @@ pub struct Scenario {
     pub ok_lines: usize,
     /// What the host must have seen.
     pub host: Vec<HostFact>,
+    /// The Hyper-V debug channel with a host side, holding these bytes for the guest to
+    /// retrieve: the run sets `[hyperv] debug_output` and `debug_input` to files in a fresh
+    /// folder under the system's temporary directory (removed afterwards) and shows the
+    /// Debugging privilege and the guest debugging feature (docs/abi/hyperv.md).
+    pub debug_channel: Option<&'static str>,
 }
 
 /// A cell's plan.
@@ -184,6 +192,7 @@ fn scenario(mode: HypervisorMode, ok_lines: usize, host: Vec<HostFact>) -> Scena
         exit_status: 0,
         ok_lines,
         host,
+        debug_channel: None,
     }
 }
 
@@ -322,10 +331,19 @@ fn hyperv(behaviour: Behaviour, host: &HostReport) -> Plan {
         // Hyper-V checks the CPL before its table: a malformed refusal, not a row's.
         B::Ring => ring(MODE, host, 2, F::RefusedMalformed),
         B::Denied => denied(MODE, 2),
-        B::Console => na(
-            "Hyper-V has no console hypercall (its debug channel needs [hyperv] debug_output and \
-             the Debugging privilege)",
-        ),
+        // Hyper-V's byte channel from guest to host is the debug channel.
+        B::Console => Plan::Run(Scenario {
+            debug_channel: Some(HYPERV_DEBUG_INPUT),
+            ..scenario(
+                MODE,
+                11,
+                vec![
+                    F::Calls("HvCallPostDebugData"),
+                    F::Calls("HvCallRetrieveDebugData"),
+                    F::DebugOutput(&[HYPERV_DEBUG_POSTED, HYPERV_DEBUG_INPUT]),
+                ],
+            )
+        }),
         B::Shutdown => Plan::Run(Scenario {
             exit_status: 250,
             ..scenario(MODE, 2, vec![F::EndMessage("P0=0x4d41545249580000")])
@@ -339,6 +357,12 @@ fn hyperv(behaviour: Behaviour, host: &HostReport) -> Plan {
         B::Caller32 => caller32(MODE, 12, QUERY),
     }
 }
+
+/// What matrix_hyperv.c posts first with HvCallPostDebugData.
+pub const HYPERV_DEBUG_POSTED: &str = "matrix_hyperv: posted with HvCallPostDebugData\n";
+/// What the Hyper-V console cell's `[hyperv] debug_input` holds: matrix_hyperv.c retrieves it
+/// with HvCallRetrieveDebugData, checks it and posts it back.
+pub const HYPERV_DEBUG_INPUT: &str = "host: retrieved with HvCallRetrieveDebugData\n";
 
 /// What matrix_xen.c writes with CONSOLEIO_write.
 pub const XEN_CONSOLE_MARKER: &str = "matrix_xen: written with CONSOLEIO_write\n";
@@ -491,9 +515,22 @@ mod tests {
             (HypervisorMode::Bhyve, Behaviour::Console),
             (HypervisorMode::Bhyve, Behaviour::Wake),
             (HypervisorMode::Kvm, Behaviour::Shutdown),
-            (HypervisorMode::Hyperv, Behaviour::Console),
         ] {
             assert!(matches!(plan(mode, b, &rich), Plan::NotApplicable(_)), "{mode} {b}");
+        }
+    }
+
+    #[test]
+    fn only_the_hyperv_console_opens_the_debug_channel() {
+        let host = host(CallFate::TrappedAsMmio, true);
+        for mode in MODES {
+            for b in Behaviour::ALL {
+                let Plan::Run(s) = plan(mode, b, &host) else { continue };
+                let console = (mode, b) == (HypervisorMode::Hyperv, Behaviour::Console);
+                assert_eq!(s.debug_channel.is_some(), console, "{mode} {b}");
+                let checks_output = s.host.iter().any(|f| matches!(f, HostFact::DebugOutput(_)));
+                assert_eq!(checks_output, console, "{mode} {b}");
+            }
         }
     }
 }
