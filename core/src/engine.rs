@@ -67,6 +67,11 @@ pub trait Dispatch: Send + Sync {
         let _ = sink;
         false
     }
+    /// vCPU `vcpu`'s halt has ended; see [`Personality::halt_ended`] for when the VMM calls
+    /// it. The default does nothing.
+    fn halt_ended(&self, vcpu: u32) {
+        let _ = vcpu;
+    }
 }
 
 /// The dispatch engine for one VM and one personality.
@@ -388,6 +393,10 @@ impl<P: Personality> Dispatch for Engine<P> {
 
     fn set_trace_sink(&self, sink: Arc<dyn TraceSink>) -> bool {
         self.trace.set(sink).is_ok()
+    }
+
+    fn halt_ended(&self, vcpu: u32) {
+        self.personality.halt_ended(vcpu);
     }
 }
 

@@ -369,3 +369,43 @@ fn untimed_sink_gets_no_times_and_disabled_calls_are_traced() {
     assert_eq!(events[0].call.name, "PING", "the call is named even when refused");
     assert_eq!(events[0].elapsed_ns, None);
 }
+
+/// Remembers the halts the VMM said ended.
+#[derive(Default)]
+struct Halts(std::sync::Mutex<Vec<u32>>);
+
+impl Personality for Halts {
+    fn mode(&self) -> HypervisorMode {
+        HypervisorMode::Xen
+    }
+    fn table(&self) -> &[HypercallRow<Self>] {
+        &[]
+    }
+    fn decode(&self, v: &VcpuSnapshot) -> Result<CallInput, Outcome> {
+        Ok(CallInput { number: v.arg(Gpr::Rax), args: [0; 6] })
+    }
+    fn encode(&self, _: &VcpuSnapshot, _: Reply) -> Outcome {
+        Outcome::ret(Gpr::Rax, 0)
+    }
+    fn refuse(&self, _: &VcpuSnapshot, _: Refusal) -> Outcome {
+        Outcome::ret(Gpr::Rax, 0)
+    }
+    fn cpuid(&self, _: u32) -> Vec<CpuidLeaf> {
+        Vec::new()
+    }
+    fn halt_ended(&self, vcpu: u32) {
+        self.0.lock().unwrap().push(vcpu);
+    }
+}
+
+#[test]
+fn halt_ended_reaches_the_personality() {
+    let halts = Arc::new(Halts::default());
+    let dispatch: Arc<dyn Dispatch> =
+        Arc::new(Engine::new(halts.clone(), &Policy::permissive()).unwrap());
+    dispatch.halt_ended(1);
+    dispatch.halt_ended(0);
+    assert_eq!(*halts.0.lock().unwrap(), vec![1, 0]);
+    // A personality without the hook takes it as a no-op.
+    Dispatch::halt_ended(&engine(Policy::permissive()), 0);
+}

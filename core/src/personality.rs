@@ -165,4 +165,14 @@ pub trait Personality: Send + Sync + 'static {
     fn msr_name(&self, _msr: u32) -> Option<&'static str> {
         None
     }
+
+    /// vCPU `vcpu`'s halt (`HLT` or a call that answered [`Next::Halt`](crate::Next::Halt))
+    /// has ended, however it ended (a wake, an interrupt, its `halt_until` bound, or at once
+    /// for a wake remembered from before it), and the vCPU is about to run again. Called on
+    /// that vCPU's own thread, with no VMM lock held, before the VMM forgets the wake it
+    /// remembered for the halt: a personality that marks a vCPU "waiting" so an event will
+    /// [`Platform::wake`](crate::Platform::wake) it clears the mark here, so a later event is
+    /// not remembered as a wake that ends the next halt at once. A wake that raced with the
+    /// end may still be remembered (a spurious wakeup), never lost. The default does nothing.
+    fn halt_ended(&self, _vcpu: u32) {}
 }

@@ -336,11 +336,14 @@ impl VmShared {
         let Ok(mut p) = v.park.lock() else {
             return;
         };
-        if v.wake_flag.swap(false, Ordering::AcqRel) || (interruptible && v.has_pending()) {
+        // The bound is this halt's, however it ends (even at once).
+        let deadline = v.halt_deadline.swap(0, Ordering::AcqRel);
+        if v.wake_flag.load(Ordering::Acquire) || (interruptible && v.has_pending()) {
+            drop(p);
+            self.halt_ended(v);
             return;
         }
         v.interruptible.store(interruptible, Ordering::Release);
-        let deadline = v.halt_deadline.swap(0, Ordering::AcqRel);
         if deadline != 0 {
             // A bounded halt: the VMM wakes it, so it never counts as halted for good.
             v.set_state(VcpuState::Halted);
@@ -356,9 +359,8 @@ impl VmShared {
                 };
             }
             p.parked = false;
-            v.wake_flag.store(false, Ordering::Release);
-            v.interruptible.store(true, Ordering::Release);
-            v.set_state(VcpuState::Running);
+            drop(p);
+            self.halt_ended(v);
             return;
         }
         p.parked = true;
@@ -386,6 +388,25 @@ impl VmShared {
                 self.parked.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        drop(p);
+        self.halt_ended(v);
+    }
+
+    /// The end of a halt of `v`, however it ended, before the vCPU runs again. Two steps in
+    /// this order: (1) `Dispatch::halt_ended` clears the personality's marks that make an
+    /// event wake `v` (Xen's blocked/polling), (2) the wake latched for the halt is forgotten.
+    /// An event on another thread tests the mark, then latches a wake (`wake_vcpu`):
+    /// - it tests after (1): the mark is clear, nothing is latched, the next halt sleeps;
+    /// - it tests before (1) and latches before (2): (2) forgets it, the halt is over anyway;
+    /// - it tests before (1) and latches after (2): the next halt returns at once, a spurious
+    ///   wakeup (as an HLT may have) left to this narrow window;
+    /// - a wake for the next halt needs the mark that halt's call sets, on this thread after
+    ///   (2), so (2) never forgets it: no wakeup is lost.
+    ///
+    /// In the other order an event between (2) and (1) would latch a wake for a halt that is
+    /// over. Called without the park lock, so the hook cannot deadlock against a wake.
+    fn halt_ended(&self, v: &VcpuShared) {
+        self.dispatch.halt_ended(v.index);
         v.wake_flag.store(false, Ordering::Release);
         v.interruptible.store(true, Ordering::Release);
         v.set_state(VcpuState::Running);

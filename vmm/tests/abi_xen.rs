@@ -419,7 +419,7 @@ const SET_TIMER_OP: u64 = 15;
 /// watch, the console ring both ways, and malformed rings answered with the protocol's error.
 fn pv_platform(image: &str, boot: &str) {
     let r = run_with_input(image, boot, "typed-on-the-host", "input=typed-on-the-host");
-    assert_passed(&r, 82);
+    assert_passed(&r, 91);
     let text = r.console_text();
     // Only the ring carries these lines: the VMM drained them to its console.
     assert!(

@@ -190,6 +190,15 @@ impl Personality for Xen {
     fn msr_name(&self, msr: u32) -> Option<&'static str> {
         trace::msr_name(msr)
     }
+
+    /// A `SCHEDOP_block` or `SCHEDOP_poll` that halted has ended (by its timeout, an
+    /// interrupt or a wake): the vCPU is no longer blocked, so an event from now on does not
+    /// wake it (which the VMM would remember and end the vCPU's next halt with at once).
+    fn halt_ended(&self, vcpu: u32) {
+        if let Some(v) = self.state.vcpu(vcpu) {
+            v.unblock();
+        }
+    }
 }
 
 #[cfg(test)]

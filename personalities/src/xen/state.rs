@@ -33,6 +33,14 @@ pub struct VcpuState {
 }
 
 impl VcpuState {
+    /// No longer blocked or polling: the halt ended, or none started. SeqCst like the marks'
+    /// stores in `sched_op` (see its poll): an event that swaps `blocked` after this finds it
+    /// clear and wakes nothing.
+    pub fn unblock(&self) {
+        self.polling.store(false, Ordering::SeqCst);
+        self.blocked.store(false, Ordering::SeqCst);
+    }
+
     fn new() -> Self {
         VcpuState {
             vcpu_info: AtomicU64::new(NONE),

@@ -4,9 +4,10 @@
  * timer and from set_timer_op waking SCHEDOP_block and SCHEDOP_poll; a XenStore exchange over
  * the ring (write, read, mkdir, directory, watches and their events, a transaction, rm,
  * get_domain_path, the introduced nodes); the PV console ring (output to the host, host input
- * in); and malformed rings: indices past the ring and an oversized XenStore message end in the
- * protocol's error (the ring's `error` field), then a reconnection, and a console producer
- * past the ring is dropped. Sources: xen-project/xen xen/include/public/{event_channel.h,
+ * in); an event after a timed-out poll not ending the next halt at once; and malformed rings:
+ * indices past the ring and an oversized XenStore message end in the protocol's error (the
+ * ring's `error` field), then a reconnection, and a console producer past the ring is dropped.
+ * Sources: xen-project/xen xen/include/public/{event_channel.h,
  * xen.h, io/xs_wire.h, io/console.h}, docs/misc/xenstore-ring.txt.
  *
  * Built as xen_pv_pvh64 (PVH, then long mode), xen_pv64 (ELF64 direct) and xen_pv_pvh32
@@ -539,6 +540,47 @@ static void check_console(const char *input)
           got);
 }
 
+/* A halt that ends leaves nothing behind (docs/abi/xen.md, sched_op): after a poll ends by its
+   timeout, an event (here on a masked IPI port: no upcall) must not end the next halt at once,
+   neither a timed poll nor a SCHEDOP_block woken by the single-shot timer. Run after the
+   console's input has arrived, so no other event can come in between. */
+static void check_halt_end(void)
+{
+    struct evtchn_bind_ipi ipi = {0, 0};
+    EXPECT(evtchn(EVTCHNOP_bind_ipi, &ipi), 0, "bind_ipi for the halt-end checks");
+    u32 m = ipi.port;
+    unsigned long bit = 1ul << (m % BITS);
+    __atomic_fetch_or(&shinfo->evtchn_mask[m / BITS], bit, __ATOMIC_SEQ_CST);
+    take_interrupts();
+    for (int round = 0; round < 2; round++) {
+        const char *what = round ? "SCHEDOP_block" : "SCHEDOP_poll";
+        struct sched_poll p = {0, 0, xen_now() + 2000000};
+        EXPECT(HC2(__HYPERVISOR_sched_op, SCHEDOP_poll, PTR(&p)), 0,
+               "a 2 ms poll of no ports before %s", what);
+        __atomic_fetch_and(&shinfo->evtchn_pending[m / BITS], ~bit, __ATOMIC_SEQ_CST);
+        EXPECT(evt_send(m), 0, "then a send on masked port %u", m);
+        u64 t0 = xen_now();
+        long rc;
+        if (round) {
+            struct vcpu_set_singleshot_timer sst = {t0 + 10000000, 0};
+            EXPECT(HC3(__HYPERVISOR_vcpu_op, VCPUOP_set_singleshot_timer, 0, PTR(&sst)), 0,
+                   "single-shot timer in 10 ms");
+            rc = xen_sti_hypercall2(__HYPERVISOR_sched_op, SCHEDOP_block, 0);
+        } else {
+            struct sched_poll q = {0, 0, t0 + 10000000};
+            rc = HC2(__HYPERVISOR_sched_op, SCHEDOP_poll, PTR(&q));
+        }
+        u64 waited = xen_now() - t0;
+        take_interrupts();
+        check(rc == 0 && waited >= 9900000,
+              "%s after the event slept until its 10 ms timer (%llu us, rc %ld)", what,
+              udiv64(waited, 1000, NULL), rc);
+    }
+    __atomic_fetch_and(&shinfo->evtchn_pending[m / BITS], ~bit, __ATOMIC_SEQ_CST);
+    __atomic_fetch_and(&shinfo->evtchn_mask[m / BITS], ~bit, __ATOMIC_SEQ_CST);
+    EXPECT(evtchn(EVTCHNOP_close, &m), 0, "close port %u", m);
+}
+
 int guest_main(const struct hvm_start_info *si)
 {
     (void)si;
@@ -555,6 +597,7 @@ int guest_main(const struct hvm_start_info *si)
     check_timer();
     check_xenstore();
     check_console(input);
+    check_halt_end();
     check_bad_rings();
     cons_write(GUEST_NAME ": the console ring still works\n");
     gprintf("%s: %u passed, %u failed\n", GUEST_NAME, xen_passed, xen_failed);

@@ -121,8 +121,7 @@ fn poll(xen: &Xen, call: &Call<'_>, arg: u64) -> Result<Reply, Fault> {
 /// The caller is no longer blocked or polling (a halt that ended, or none started).
 fn unblock(xen: &Xen, call: &Call<'_>) {
     if let Some(v) = xen.state.vcpu(call.vcpu.vcpu) {
-        v.polling.store(false, Ordering::Release);
-        v.blocked.store(false, Ordering::Release);
+        v.unblock();
     }
 }
 
@@ -131,7 +130,8 @@ fn run(xen: &Xen, call: &Call<'_>) -> Result<Reply, Fault> {
     let arg = call.arg(1);
     let g = Guest::of(call);
     let vcpu = call.vcpu.vcpu;
-    // A block or poll that halted has ended by now.
+    // A block or poll that halted has ended by now (the VMM's `halt_ended` cleared the marks
+    // already; this covers a VMM that does not call it).
     unblock(xen, call);
     Ok(match cmd {
         SCHEDOP_yield => {

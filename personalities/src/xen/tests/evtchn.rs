@@ -3,7 +3,7 @@
 //! through their rings.
 
 use polyvisor_core::testing::Effect;
-use polyvisor_core::Next;
+use polyvisor_core::{Dispatch, Next};
 
 use crate::xen::abi::errno::*;
 use crate::xen::ring::RingAccess;
@@ -147,6 +147,70 @@ fn poll_returns_at_once_for_a_pending_port_and_block_for_pending_events() {
     assert_eq!(vm.call64(29, &[1, 0]).next, Next::Halt);
     vm.write(ARG + 64, &5000u32.to_le_bytes());
     assert_eq!(vm.rax64(29, &[3, ARG + 128]), e(EINVAL), "port past the table");
+}
+
+/// Binds an IPI port on vCPU 0 and clears what binding raised: (port, its mask word's GPA and
+/// bit).
+fn ipi_port(vm: &Vm) -> (u32, u64, u64) {
+    let (r, out) = op(vm, 7, &[0, 0]);
+    assert_eq!(r, 0);
+    let ipi = out[1];
+    vm.write(SHINFO, &[0; 16]);
+    (ipi, SHINFO + 2560 + 8 * u64::from(ipi / 64), 1 << (ipi % 64))
+}
+
+/// `SCHEDOP_poll` with no ports and timeout `timeout` on vCPU 0: it halts.
+fn timed_poll(vm: &Vm, timeout: u64) {
+    let mut poll = [0u8; 24];
+    poll[16..24].copy_from_slice(&timeout.to_le_bytes());
+    vm.write(ARG + 128, &poll);
+    assert_eq!(vm.call64(29, &[3, ARG + 128]).next, Next::Halt);
+}
+
+/// Sends on `port` after clearing its pending bit (a send on a pending port raises nothing);
+/// returns the effects. Then clears vCPU 0's upcall flags, as its upcall would.
+fn send_fresh(vm: &Vm, port: u32) -> Vec<Effect> {
+    vm.write(SHINFO + 2048 + 8 * u64::from(port / 64), &[0; 8]);
+    vm.platform.take();
+    assert_eq!(op(vm, 4, &[port]).0, 0);
+    vm.write(SHINFO, &[0; 16]);
+    vm.platform.take()
+}
+
+#[test]
+fn an_event_after_an_ended_poll_does_not_wake_the_next_halt() {
+    let vm = vm();
+    let (ipi, mask, bit) = ipi_port(&vm);
+    vm.write(mask, &bit.to_le_bytes());
+    vm.platform.set_now(1_000);
+    // While the poll halts, a newly pending port (masked or not) wakes it.
+    timed_poll(&vm, 5_000);
+    assert_eq!(send_fresh(&vm, ipi), vec![Effect::Wake(0)]);
+    // The VMM says the poll's halt ended (its timeout): a later event wakes nothing, so the
+    // VMM remembers no wake to end the vCPU's next halt with.
+    timed_poll(&vm, 5_000);
+    Dispatch::halt_ended(&vm.engine, 0);
+    assert_eq!(send_fresh(&vm, ipi), vec![]);
+    // The next poll is woken again.
+    timed_poll(&vm, 5_000);
+    assert_eq!(send_fresh(&vm, ipi), vec![Effect::Wake(0)]);
+}
+
+#[test]
+fn an_event_after_an_ended_block_does_not_wake_the_next_halt() {
+    let vm = vm();
+    let (ipi, _, _) = ipi_port(&vm);
+    // Blocked: an unmasked event interrupts and wakes it.
+    assert_eq!(vm.call64(29, &[1, 0]).next, Next::Halt);
+    assert_eq!(send_fresh(&vm, ipi), vec![Effect::Interrupt(0, VECTOR), Effect::Wake(0)]);
+    // The block ended (an interrupt) and the VMM said so: the event only interrupts.
+    assert_eq!(vm.call64(29, &[1, 0]).next, Next::Halt);
+    Dispatch::halt_ended(&vm.engine, 0);
+    assert_eq!(send_fresh(&vm, ipi), vec![Effect::Interrupt(0, VECTOR)]);
+    // Another vCPU's halt ending leaves vCPU 0's block as it was.
+    assert_eq!(vm.call64(29, &[1, 0]).next, Next::Halt);
+    Dispatch::halt_ended(&vm.engine, 1);
+    assert_eq!(send_fresh(&vm, ipi), vec![Effect::Interrupt(0, VECTOR), Effect::Wake(0)]);
 }
 
 fn xs_send(vm: &Vm, bytes: &[u8]) -> Vec<u8> {
