@@ -299,6 +299,22 @@ pub fn describe_exit(reason: &ExitReason) -> String {
     }
 }
 
+/// A table of `(value, "NAME")` pairs for constants in scope, each spelled once: what
+/// [`negated_errno`] and the personalities' sub-op tables look names up in.
+///
+/// ```
+/// const EPERM: u32 = 1;
+/// const ENOENT: u64 = 2;
+/// const NAMES: &[(u64, &str)] = polyvisor_core::constant_names![EPERM, ENOENT];
+/// assert_eq!(NAMES, &[(1, "EPERM"), (2, "ENOENT")]);
+/// ```
+#[macro_export]
+macro_rules! constant_names {
+    ($($name:ident),* $(,)?) => {
+        &[$(($name as u64, stringify!($name))),*]
+    };
+}
+
 /// `-NAME` for a negated error code found in `names`, else the value as a signed number.
 pub fn negated_errno(value: i64, names: &[(u64, &str)]) -> String {
     let found =

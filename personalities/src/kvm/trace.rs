@@ -7,14 +7,17 @@ use polyvisor_core::{CallTrace, Gpr, Outcome, VcpuSnapshot};
 use super::{abi, calls, codec};
 
 /// The error codes KVM's hypercalls return, negated (`include/uapi/linux/kvm_para.h`).
-const ERRNO: &[(u64, &str)] = &[
-    (abi::KVM_ENOSYS, "KVM_ENOSYS"),
-    (abi::KVM_EFAULT, "KVM_EFAULT"),
-    (abi::KVM_EINVAL, "KVM_EINVAL"),
-    (abi::KVM_E2BIG, "KVM_E2BIG"),
-    (abi::KVM_EPERM, "KVM_EPERM"),
-    (abi::KVM_EOPNOTSUPP, "KVM_EOPNOTSUPP"),
-];
+const ERRNO: &[(u64, &str)] = {
+    use super::abi::*;
+    polyvisor_core::constant_names![
+        KVM_ENOSYS,
+        KVM_EFAULT,
+        KVM_EINVAL,
+        KVM_E2BIG,
+        KVM_EPERM,
+        KVM_EOPNOTSUPP
+    ]
+};
 
 /// The call in `vcpu`'s registers with `hypercalls.rst`'s argument names.
 pub(super) fn call(vcpu: &VcpuSnapshot) -> CallTrace {

@@ -4,6 +4,7 @@
 //! trace shows them, and results as negated `errno.h` names. A sub-op without a name here is
 //! shown by number.
 
+use polyvisor_core::constant_names;
 use polyvisor_core::trace::{describe_outcome, negated_errno, num, row_name, signed_result};
 use polyvisor_core::{Call, CallTrace, Gpr, GuestMemoryMmap, Outcome, Platform, VcpuSnapshot};
 
@@ -16,7 +17,7 @@ use super::abi::sched::*;
 use super::abi::vcpu::*;
 use super::abi::version::*;
 use super::abi::virq::*;
-use super::abi::{errno, nr, DOMID_SELF};
+use super::abi::{nr, DOMID_SELF};
 use super::codec::{self, Width};
 use super::guest::Guest;
 use super::table::TABLE;
@@ -25,35 +26,23 @@ use super::table::TABLE;
 const PREFIX: &str = "__HYPERVISOR_";
 
 /// The errnos Xen's calls answer (`xen/include/public/errno.h`).
-const ERRNO: &[(u64, &str)] = &[
-    (errno::EPERM, "EPERM"),
-    (errno::ENOENT, "ENOENT"),
-    (errno::ESRCH, "ESRCH"),
-    (errno::ENXIO, "ENXIO"),
-    (errno::E2BIG, "E2BIG"),
-    (errno::EACCES, "EACCES"),
-    (errno::EFAULT, "EFAULT"),
-    (errno::EBUSY, "EBUSY"),
-    (errno::EEXIST, "EEXIST"),
-    (errno::ENODEV, "ENODEV"),
-    (errno::EINVAL, "EINVAL"),
-    (errno::EDOM, "EDOM"),
-    (errno::ENOSYS, "ENOSYS"),
-    (errno::ENODATA, "ENODATA"),
-    (errno::ETIME, "ETIME"),
-    (errno::EOPNOTSUPP, "EOPNOTSUPP"),
-    (errno::ENOBUFS, "ENOBUFS"),
-];
+const ERRNO: &[(u64, &str)] = {
+    use super::abi::errno::*;
+    constant_names![
+        EPERM, ENOENT, ESRCH, ENXIO, E2BIG, EACCES, EFAULT, EBUSY, EEXIST, ENODEV, EINVAL, EDOM,
+        ENOSYS, ENODATA, ETIME, EOPNOTSUPP, ENOBUFS
+    ]
+};
 
-const SCHEDOP: &[(u64, &str)] = &[
-    (SCHEDOP_yield as u64, "SCHEDOP_yield"),
-    (SCHEDOP_block as u64, "SCHEDOP_block"),
-    (SCHEDOP_shutdown as u64, "SCHEDOP_shutdown"),
-    (SCHEDOP_poll as u64, "SCHEDOP_poll"),
-    (SCHEDOP_remote_shutdown as u64, "SCHEDOP_remote_shutdown"),
-    (SCHEDOP_shutdown_code as u64, "SCHEDOP_shutdown_code"),
-    (SCHEDOP_watchdog as u64, "SCHEDOP_watchdog"),
-    (SCHEDOP_pin_override as u64, "SCHEDOP_pin_override"),
+const SCHEDOP: &[(u64, &str)] = constant_names![
+    SCHEDOP_yield,
+    SCHEDOP_block,
+    SCHEDOP_shutdown,
+    SCHEDOP_poll,
+    SCHEDOP_remote_shutdown,
+    SCHEDOP_shutdown_code,
+    SCHEDOP_watchdog,
+    SCHEDOP_pin_override
 ];
 
 /// `SHUTDOWN_*` without the prefix, as `reason=poweroff`.
@@ -66,110 +55,103 @@ const SHUTDOWN: &[(u64, &str)] = &[
     (SHUTDOWN_soft_reset as u64, "soft_reset"),
 ];
 
-const XENVER: &[(u64, &str)] = &[
-    (XENVER_version as u64, "XENVER_version"),
-    (XENVER_extraversion as u64, "XENVER_extraversion"),
-    (XENVER_compile_info as u64, "XENVER_compile_info"),
-    (XENVER_capabilities as u64, "XENVER_capabilities"),
-    (XENVER_changeset as u64, "XENVER_changeset"),
-    (XENVER_platform_parameters as u64, "XENVER_platform_parameters"),
-    (XENVER_get_features as u64, "XENVER_get_features"),
-    (XENVER_pagesize as u64, "XENVER_pagesize"),
-    (XENVER_guest_handle as u64, "XENVER_guest_handle"),
-    (XENVER_commandline as u64, "XENVER_commandline"),
-    (XENVER_build_id as u64, "XENVER_build_id"),
-    (XENVER_extraversion2 as u64, "XENVER_extraversion2"),
-    (XENVER_capabilities2 as u64, "XENVER_capabilities2"),
-    (XENVER_changeset2 as u64, "XENVER_changeset2"),
-    (XENVER_commandline2 as u64, "XENVER_commandline2"),
+const XENVER: &[(u64, &str)] = constant_names![
+    XENVER_version,
+    XENVER_extraversion,
+    XENVER_compile_info,
+    XENVER_capabilities,
+    XENVER_changeset,
+    XENVER_platform_parameters,
+    XENVER_get_features,
+    XENVER_pagesize,
+    XENVER_guest_handle,
+    XENVER_commandline,
+    XENVER_build_id,
+    XENVER_extraversion2,
+    XENVER_capabilities2,
+    XENVER_changeset2,
+    XENVER_commandline2
 ];
 
-const CONSOLEIO: &[(u64, &str)] =
-    &[(CONSOLEIO_write as u64, "CONSOLEIO_write"), (CONSOLEIO_read as u64, "CONSOLEIO_read")];
+const CONSOLEIO: &[(u64, &str)] = constant_names![CONSOLEIO_write, CONSOLEIO_read];
 
-const HVMOP: &[(u64, &str)] = &[
-    (HVMOP_set_param, "HVMOP_set_param"),
-    (HVMOP_get_param, "HVMOP_get_param"),
-    (HVMOP_pagetable_dying, "HVMOP_pagetable_dying"),
-    (HVMOP_get_time, "HVMOP_get_time"),
-    (HVMOP_set_evtchn_upcall_vector, "HVMOP_set_evtchn_upcall_vector"),
+const HVMOP: &[(u64, &str)] = constant_names![
+    HVMOP_set_param,
+    HVMOP_get_param,
+    HVMOP_pagetable_dying,
+    HVMOP_get_time,
+    HVMOP_set_evtchn_upcall_vector
 ];
 
-const HVM_PARAM: &[(u64, &str)] = &[
-    (HVM_PARAM_CALLBACK_IRQ as u64, "HVM_PARAM_CALLBACK_IRQ"),
-    (HVM_PARAM_STORE_PFN as u64, "HVM_PARAM_STORE_PFN"),
-    (HVM_PARAM_STORE_EVTCHN as u64, "HVM_PARAM_STORE_EVTCHN"),
-    (HVM_PARAM_PAE_ENABLED as u64, "HVM_PARAM_PAE_ENABLED"),
-    (HVM_PARAM_DM_DOMAIN as u64, "HVM_PARAM_DM_DOMAIN"),
-    (HVM_PARAM_VM86_TSS as u64, "HVM_PARAM_VM86_TSS"),
-    (HVM_PARAM_CONSOLE_PFN as u64, "HVM_PARAM_CONSOLE_PFN"),
-    (HVM_PARAM_CONSOLE_EVTCHN as u64, "HVM_PARAM_CONSOLE_EVTCHN"),
-    (HVM_PARAM_ACPI_IOPORTS_LOCATION as u64, "HVM_PARAM_ACPI_IOPORTS_LOCATION"),
-    (HVM_PARAM_MEMORY_EVENT_CR0 as u64, "HVM_PARAM_MEMORY_EVENT_CR0"),
-    (HVM_PARAM_MEMORY_EVENT_CR3 as u64, "HVM_PARAM_MEMORY_EVENT_CR3"),
-    (HVM_PARAM_MEMORY_EVENT_CR4 as u64, "HVM_PARAM_MEMORY_EVENT_CR4"),
-    (HVM_PARAM_MEMORY_EVENT_INT3 as u64, "HVM_PARAM_MEMORY_EVENT_INT3"),
-    (HVM_PARAM_NESTEDHVM as u64, "HVM_PARAM_NESTEDHVM"),
-    (HVM_PARAM_MEMORY_EVENT_SINGLE_STEP as u64, "HVM_PARAM_MEMORY_EVENT_SINGLE_STEP"),
-    (HVM_PARAM_BUFIOREQ_EVTCHN as u64, "HVM_PARAM_BUFIOREQ_EVTCHN"),
-    (HVM_PARAM_MEMORY_EVENT_MSR as u64, "HVM_PARAM_MEMORY_EVENT_MSR"),
-    (HVM_PARAM_VM_GENERATION_ID_ADDR as u64, "HVM_PARAM_VM_GENERATION_ID_ADDR"),
-    (HVM_PARAM_ALTP2M as u64, "HVM_PARAM_ALTP2M"),
-    (HVM_PARAM_X87_FIP_WIDTH as u64, "HVM_PARAM_X87_FIP_WIDTH"),
-    (HVM_PARAM_VM86_TSS_SIZED as u64, "HVM_PARAM_VM86_TSS_SIZED"),
+const HVM_PARAM: &[(u64, &str)] = constant_names![
+    HVM_PARAM_CALLBACK_IRQ,
+    HVM_PARAM_STORE_PFN,
+    HVM_PARAM_STORE_EVTCHN,
+    HVM_PARAM_PAE_ENABLED,
+    HVM_PARAM_DM_DOMAIN,
+    HVM_PARAM_VM86_TSS,
+    HVM_PARAM_CONSOLE_PFN,
+    HVM_PARAM_CONSOLE_EVTCHN,
+    HVM_PARAM_ACPI_IOPORTS_LOCATION,
+    HVM_PARAM_MEMORY_EVENT_CR0,
+    HVM_PARAM_MEMORY_EVENT_CR3,
+    HVM_PARAM_MEMORY_EVENT_CR4,
+    HVM_PARAM_MEMORY_EVENT_INT3,
+    HVM_PARAM_NESTEDHVM,
+    HVM_PARAM_MEMORY_EVENT_SINGLE_STEP,
+    HVM_PARAM_BUFIOREQ_EVTCHN,
+    HVM_PARAM_MEMORY_EVENT_MSR,
+    HVM_PARAM_VM_GENERATION_ID_ADDR,
+    HVM_PARAM_ALTP2M,
+    HVM_PARAM_X87_FIP_WIDTH,
+    HVM_PARAM_VM86_TSS_SIZED
 ];
 
-const XENMEM: &[(u64, &str)] = &[
-    (XENMEM_maximum_ram_page, "XENMEM_maximum_ram_page"),
-    (XENMEM_current_reservation, "XENMEM_current_reservation"),
-    (XENMEM_maximum_reservation, "XENMEM_maximum_reservation"),
-    (XENMEM_add_to_physmap, "XENMEM_add_to_physmap"),
-    (XENMEM_memory_map, "XENMEM_memory_map"),
-    (XENMEM_maximum_gpfn, "XENMEM_maximum_gpfn"),
+const XENMEM: &[(u64, &str)] = constant_names![
+    XENMEM_maximum_ram_page,
+    XENMEM_current_reservation,
+    XENMEM_maximum_reservation,
+    XENMEM_add_to_physmap,
+    XENMEM_memory_map,
+    XENMEM_maximum_gpfn
 ];
 
-const XENMAPSPACE: &[(u64, &str)] = &[
-    (XENMAPSPACE_shared_info as u64, "XENMAPSPACE_shared_info"),
-    (XENMAPSPACE_grant_table as u64, "XENMAPSPACE_grant_table"),
-    (XENMAPSPACE_gmfn as u64, "XENMAPSPACE_gmfn"),
-    (XENMAPSPACE_gmfn_range as u64, "XENMAPSPACE_gmfn_range"),
-    (XENMAPSPACE_gmfn_foreign as u64, "XENMAPSPACE_gmfn_foreign"),
-    (XENMAPSPACE_dev_mmio as u64, "XENMAPSPACE_dev_mmio"),
+const XENMAPSPACE: &[(u64, &str)] = constant_names![
+    XENMAPSPACE_shared_info,
+    XENMAPSPACE_grant_table,
+    XENMAPSPACE_gmfn,
+    XENMAPSPACE_gmfn_range,
+    XENMAPSPACE_gmfn_foreign,
+    XENMAPSPACE_dev_mmio
 ];
 
-const VCPUOP: &[(u64, &str)] = &[
-    (VCPUOP_is_up as u64, "VCPUOP_is_up"),
-    (VCPUOP_set_singleshot_timer as u64, "VCPUOP_set_singleshot_timer"),
-    (VCPUOP_stop_singleshot_timer as u64, "VCPUOP_stop_singleshot_timer"),
-    (VCPUOP_register_vcpu_info as u64, "VCPUOP_register_vcpu_info"),
+const VCPUOP: &[(u64, &str)] = constant_names![
+    VCPUOP_is_up,
+    VCPUOP_set_singleshot_timer,
+    VCPUOP_stop_singleshot_timer,
+    VCPUOP_register_vcpu_info
 ];
 
-const EVTCHNOP: &[(u64, &str)] = &[
-    (EVTCHNOP_bind_interdomain as u64, "EVTCHNOP_bind_interdomain"),
-    (EVTCHNOP_bind_virq as u64, "EVTCHNOP_bind_virq"),
-    (EVTCHNOP_bind_pirq as u64, "EVTCHNOP_bind_pirq"),
-    (EVTCHNOP_close as u64, "EVTCHNOP_close"),
-    (EVTCHNOP_send as u64, "EVTCHNOP_send"),
-    (EVTCHNOP_status as u64, "EVTCHNOP_status"),
-    (EVTCHNOP_alloc_unbound as u64, "EVTCHNOP_alloc_unbound"),
-    (EVTCHNOP_bind_ipi as u64, "EVTCHNOP_bind_ipi"),
-    (EVTCHNOP_bind_vcpu as u64, "EVTCHNOP_bind_vcpu"),
-    (EVTCHNOP_unmask as u64, "EVTCHNOP_unmask"),
-    (EVTCHNOP_reset as u64, "EVTCHNOP_reset"),
-    (EVTCHNOP_init_control as u64, "EVTCHNOP_init_control"),
-    (EVTCHNOP_expand_array as u64, "EVTCHNOP_expand_array"),
-    (EVTCHNOP_set_priority as u64, "EVTCHNOP_set_priority"),
-    (EVTCHNOP_reset_cont as u64, "EVTCHNOP_reset_cont"),
+const EVTCHNOP: &[(u64, &str)] = constant_names![
+    EVTCHNOP_bind_interdomain,
+    EVTCHNOP_bind_virq,
+    EVTCHNOP_bind_pirq,
+    EVTCHNOP_close,
+    EVTCHNOP_send,
+    EVTCHNOP_status,
+    EVTCHNOP_alloc_unbound,
+    EVTCHNOP_bind_ipi,
+    EVTCHNOP_bind_vcpu,
+    EVTCHNOP_unmask,
+    EVTCHNOP_reset,
+    EVTCHNOP_init_control,
+    EVTCHNOP_expand_array,
+    EVTCHNOP_set_priority,
+    EVTCHNOP_reset_cont
 ];
 
-const VIRQ: &[(u64, &str)] = &[
-    (VIRQ_TIMER as u64, "VIRQ_TIMER"),
-    (VIRQ_DEBUG as u64, "VIRQ_DEBUG"),
-    (VIRQ_CONSOLE as u64, "VIRQ_CONSOLE"),
-    (VIRQ_DOM_EXC as u64, "VIRQ_DOM_EXC"),
-    (VIRQ_XENOPROF as u64, "VIRQ_XENOPROF"),
-    (VIRQ_XENPMU as u64, "VIRQ_XENPMU"),
-];
+const VIRQ: &[(u64, &str)] =
+    constant_names![VIRQ_TIMER, VIRQ_DEBUG, VIRQ_CONSOLE, VIRQ_DOM_EXC, VIRQ_XENOPROF, VIRQ_XENPMU];
 
 /// The constant's name, or the number.
 fn name_of(value: u64, names: &[(u64, &str)]) -> String {
@@ -481,10 +463,13 @@ mod tests {
     #[test]
     fn results_are_errno_names() {
         let mut v = snapshot(Registers::default());
-        let out = Outcome::ret(Gpr::Rax, super::super::abi::neg(errno::ENOSYS));
+        let out = Outcome::ret(Gpr::Rax, super::super::abi::neg(super::super::abi::errno::ENOSYS));
         assert_eq!(result(&v, &out), "-ENOSYS");
         v.mode = CpuMode::Protected32;
-        let out = Outcome::ret(Gpr::Rax, super::super::abi::neg(errno::EPERM) & 0xffff_ffff);
+        let out = Outcome::ret(
+            Gpr::Rax,
+            super::super::abi::neg(super::super::abi::errno::EPERM) & 0xffff_ffff,
+        );
         assert_eq!(result(&v, &out), "-EPERM");
         assert_eq!(result(&v, &Outcome::ret(Gpr::Rax, 4096)), "4096");
         assert_eq!(msr_name(0x4000_0000), Some("hypercall_page"));
