@@ -409,3 +409,44 @@ fn halt_ended_reaches_the_personality() {
     // A personality without the hook takes it as a no-op.
     Dispatch::halt_ended(&engine(Policy::permissive()), 0);
 }
+
+/// A layer that answers number 0 itself and leaves the rest to the engine below.
+struct AnswersZero(Arc<dyn Dispatch>);
+
+impl DispatchLayer for AnswersZero {
+    fn inner(&self) -> &dyn Dispatch {
+        &*self.0
+    }
+    fn layer_hypercall(
+        &self,
+        vcpu: &VcpuSnapshot,
+        memory: &GuestMemoryMmap,
+        platform: &dyn Platform,
+    ) -> Outcome {
+        if vcpu.regs.rax == 0 {
+            return Outcome::ret(Gpr::Rax, 7);
+        }
+        self.0.hypercall(vcpu, memory, platform)
+    }
+}
+
+#[test]
+fn a_layer_overrides_what_it_changes_and_forwards_the_rest() {
+    let halts = Arc::new(Halts::default());
+    let below: Arc<dyn Dispatch> =
+        Arc::new(Engine::new(halts.clone(), &Policy::permissive()).unwrap());
+    let layer: Arc<dyn Dispatch> = Arc::new(AnswersZero(below));
+    let mem = memory(0x1000);
+    let platform = RecordingPlatform::new(1);
+    let at =
+        |rax| layer.hypercall(&snapshot(Registers { rax, ..Default::default() }), &mem, &platform);
+    assert_eq!(at(0), Outcome::ret(Gpr::Rax, 7));
+    assert_eq!(at(5), Outcome::ret(Gpr::Rax, 0), "the engine's answer");
+    assert_eq!(layer.refusals().unknown.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Methods with default bodies in `Dispatch` reach the engine too.
+    layer.halt_ended(3);
+    assert_eq!(*halts.0.lock().unwrap(), vec![3]);
+    assert!(layer.set_trace_sink(Arc::new(Keep::default())));
+    assert!(!layer.set_trace_sink(Arc::new(Keep::default())), "the engine's one sink is set");
+    assert_eq!(layer.mode(), HypervisorMode::Xen);
+}

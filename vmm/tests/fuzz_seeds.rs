@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use polyvisor_core::call_log::{CallLog, Op, MAX_OPS, MAX_VCPUS};
 use polyvisor_core::{
-    CpuMode, CpuidLeaf, Dispatch, Gpr, GuestMemoryMmap, HypervisorMode, MsrContext, MsrRead,
-    MsrWrite, Outcome, Platform, RefusalCounters, RowInfo, VcpuSnapshot,
+    CpuMode, Dispatch, DispatchLayer, Gpr, GuestMemoryMmap, HypervisorMode, MsrContext, MsrRead,
+    MsrWrite, Outcome, Platform, VcpuSnapshot,
 };
 use polyvisor_personalities::xen::pv::{cons, CONSOLE_PFN, XENSTORE_PFN};
 use polyvisor_personalities::xen::xenstore::{encode, layout, msg};
@@ -94,11 +94,11 @@ impl Recorder {
     }
 }
 
-impl Dispatch for Recorder {
-    fn mode(&self) -> HypervisorMode {
-        self.inner.mode()
+impl DispatchLayer for Recorder {
+    fn inner(&self) -> &dyn Dispatch {
+        &*self.inner
     }
-    fn hypercall(
+    fn layer_hypercall(
         &self,
         vcpu: &VcpuSnapshot,
         memory: &GuestMemoryMmap,
@@ -113,31 +113,13 @@ impl Dispatch for Recorder {
         self.ops.lock().unwrap().extend(ops);
         self.inner.hypercall(vcpu, memory, platform)
     }
-    fn read_msr(&self, ctx: &MsrContext<'_>, msr: u32) -> MsrRead {
+    fn layer_read_msr(&self, ctx: &MsrContext<'_>, msr: u32) -> MsrRead {
         self.ops.lock().unwrap().push(Op::ReadMsr { vcpu: ctx.vcpu, msr });
         self.inner.read_msr(ctx, msr)
     }
-    fn write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
+    fn layer_write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
         self.ops.lock().unwrap().push(Op::WriteMsr { vcpu: ctx.vcpu, msr, value });
         self.inner.write_msr(ctx, msr, value)
-    }
-    fn msr_ranges(&self) -> Vec<(u32, u32)> {
-        self.inner.msr_ranges()
-    }
-    fn cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf> {
-        self.inner.cpuid(vcpu)
-    }
-    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
-        self.inner.explain_cpuid(leaf)
-    }
-    fn report(&self) -> Vec<String> {
-        self.inner.report()
-    }
-    fn rows(&self) -> Vec<RowInfo> {
-        self.inner.rows()
-    }
-    fn refusals(&self) -> &RefusalCounters {
-        self.inner.refusals()
     }
 }
 

@@ -9,8 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use polyvisor_config::HypervisorMode;
 use polyvisor_core::{
-    CpuidLeaf, Dispatch, Gpr, GuestMemoryMmap, MsrContext, MsrRead, MsrWrite, Outcome, Platform,
-    RefusalCounters, RowInfo, VcpuSnapshot,
+    CpuidLeaf, Dispatch, DispatchLayer, Gpr, GuestMemoryMmap, Outcome, Platform, VcpuSnapshot,
 };
 use polyvisor_vmm::selftest::{
     plan, run_matrix, Behaviour, DispatchWrapper, Matrix, SelftestOptions, Verdict,
@@ -100,11 +99,11 @@ struct Broken {
     break_identity: bool,
 }
 
-impl Dispatch for Broken {
-    fn mode(&self) -> HypervisorMode {
-        self.inner.mode()
+impl DispatchLayer for Broken {
+    fn inner(&self) -> &dyn Dispatch {
+        &*self.inner
     }
-    fn hypercall(
+    fn layer_hypercall(
         &self,
         vcpu: &VcpuSnapshot,
         memory: &GuestMemoryMmap,
@@ -116,16 +115,7 @@ impl Dispatch for Broken {
         }
         self.inner.hypercall(vcpu, memory, platform)
     }
-    fn read_msr(&self, ctx: &MsrContext<'_>, msr: u32) -> MsrRead {
-        self.inner.read_msr(ctx, msr)
-    }
-    fn write_msr(&self, ctx: &MsrContext<'_>, msr: u32, value: u64) -> MsrWrite {
-        self.inner.write_msr(ctx, msr, value)
-    }
-    fn msr_ranges(&self) -> Vec<(u32, u32)> {
-        self.inner.msr_ranges()
-    }
-    fn cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf> {
+    fn layer_cpuid(&self, vcpu: u32) -> Vec<CpuidLeaf> {
         let mut leaves = self.inner.cpuid(vcpu);
         if self.break_identity {
             for l in leaves.iter_mut().filter(|l| l.function == 0x4000_0000) {
@@ -133,18 +123,6 @@ impl Dispatch for Broken {
             }
         }
         leaves
-    }
-    fn explain_cpuid(&self, leaf: &CpuidLeaf) -> Vec<String> {
-        self.inner.explain_cpuid(leaf)
-    }
-    fn report(&self) -> Vec<String> {
-        self.inner.report()
-    }
-    fn rows(&self) -> Vec<RowInfo> {
-        self.inner.rows()
-    }
-    fn refusals(&self) -> &RefusalCounters {
-        self.inner.refusals()
     }
 }
 
