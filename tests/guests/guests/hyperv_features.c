@@ -955,18 +955,7 @@ void guest_ap_main(unsigned vcpu)
 
 static bool wait_ipi(unsigned vcpu, unsigned idx, u32 want)
 {
-    for (u64 spins = 0; spins < 20000000ull; spins++) {
-        if (ipi_seen[vcpu][idx] >= want)
-            return true;
-        if (vcpu == this_vcpu()) {
-            sti();
-            pause();
-            cli();
-        } else {
-            pause();
-        }
-    }
-    return false;
+    return wait_count(&ipi_seen[vcpu][idx], want, vcpu, 20000000ull);
 }
 
 static void check_ipis(void)

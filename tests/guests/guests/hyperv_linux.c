@@ -236,18 +236,7 @@ static void query_ext_cap(void)
 
 static bool wait_ipi(unsigned cpu, u32 want)
 {
-    for (u64 s = 0; s < 20000000ull; s++) {
-        if (ipis[cpu] >= want)
-            return true;
-        if (cpu == this_vcpu()) {
-            sti();
-            pause();
-            cli();
-        } else {
-            pause();
-        }
-    }
-    return false;
+    return wait_count(&ipis[cpu], want, cpu, 20000000ull);
 }
 
 /* hv_apic.c: __send_ipi_mask (fast, 16 bytes) and __send_ipi_mask_ex (rep wrapper). */

@@ -467,6 +467,23 @@ unsigned wait_for_aps(unsigned n, u64 max_spins)
     }
 }
 
+bool wait_count(const volatile u32 *count, u32 want, unsigned vcpu, u64 max_spins)
+{
+    bool here = vcpu == this_vcpu();
+    for (u64 spin = 0; spin < max_spins; spin++) {
+        if (*count >= want)
+            return true;
+        if (here) {
+            sti();
+            pause();
+            cli();
+        } else {
+            pause();
+        }
+    }
+    return false;
+}
+
 struct mailbox {
     volatile ureg fn, arg, result;
     volatile u32 req, done, running;

@@ -329,6 +329,10 @@ unsigned vcpus_online(void);
 /* Spins until `n` APs are ready or `max_spins` pause iterations passed;
    returns the number of ready APs. */
 unsigned wait_for_aps(unsigned n, u64 max_spins);
+/* Spins until *count reaches `want` or `max_spins` iterations passed; returns whether it
+   did. A count that vCPU `vcpu`'s interrupt handler raises needs that vCPU's interrupts:
+   when `vcpu` is this one, each spin opens an interrupt window (sti; pause; cli). */
+bool wait_count(const volatile u32 *count, u32 want, unsigned vcpu, u64 max_spins);
 /* Mailbox: an AP that runs ap_mailbox_loop() (e.g. from its guest_ap_main) executes
    functions posted with ap_call(). ap_call waits for completion (up to max_spins pauses)
    and returns 0 on success, -1 on timeout or a vCPU not running the loop. */
