@@ -157,19 +157,7 @@ const CONFIGS: &[Cpuid] = &[
     ),
     (
         "everything backed or answerable",
-        Some(
-            HV_MSR_VP_RUNTIME_AVAILABLE
-                | HV_MSR_TIME_REF_COUNT_AVAILABLE
-                | HV_MSR_HYPERCALL_AVAILABLE
-                | HV_MSR_VP_INDEX_AVAILABLE
-                | HV_MSR_RESET_AVAILABLE
-                | HV_MSR_REFERENCE_TSC_AVAILABLE
-                | HV_ACCESS_FREQUENCY_MSRS
-                | HV_POST_MESSAGES
-                | HV_SIGNAL_EVENTS
-                | HV_DEBUGGING
-                | HV_ENABLE_EXTENDED_HYPERCALLS,
-        ),
+        Some(super::tests::ALL_PRIVILEGES),
         Some(
             HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE
                 | HV_X64_HYPERCALL_MSR_LOCK_AVAILABLE

@@ -173,21 +173,22 @@ fn default_vm() -> Vm {
     vm
 }
 
+/// Every privilege this implementation backs or answers.
+pub(super) const ALL_PRIVILEGES: u64 = HV_MSR_VP_RUNTIME_AVAILABLE
+    | HV_MSR_TIME_REF_COUNT_AVAILABLE
+    | HV_MSR_HYPERCALL_AVAILABLE
+    | HV_MSR_VP_INDEX_AVAILABLE
+    | HV_MSR_RESET_AVAILABLE
+    | HV_MSR_REFERENCE_TSC_AVAILABLE
+    | HV_ACCESS_FREQUENCY_MSRS
+    | HV_POST_MESSAGES
+    | HV_SIGNAL_EVENTS
+    | HV_DEBUGGING
+    | HV_ENABLE_EXTENDED_HYPERCALLS;
+
 fn everything() -> Config {
     config(|c| {
-        c.hyperv.privileges = Some(
-            HV_MSR_VP_RUNTIME_AVAILABLE
-                | HV_MSR_TIME_REF_COUNT_AVAILABLE
-                | HV_MSR_HYPERCALL_AVAILABLE
-                | HV_MSR_VP_INDEX_AVAILABLE
-                | HV_MSR_RESET_AVAILABLE
-                | HV_MSR_REFERENCE_TSC_AVAILABLE
-                | HV_ACCESS_FREQUENCY_MSRS
-                | HV_POST_MESSAGES
-                | HV_SIGNAL_EVENTS
-                | HV_DEBUGGING
-                | HV_ENABLE_EXTENDED_HYPERCALLS,
-        );
+        c.hyperv.privileges = Some(ALL_PRIVILEGES);
         c.hyperv.features = Some(
             HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE
                 | HV_X64_HYPERCALL_MSR_LOCK_AVAILABLE
